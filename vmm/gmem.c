@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: MIT */
+#define _GNU_SOURCE
+#include "gmem.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+int gmem_layout(struct gmem *m, uint64_t size)
+{
+	if (size == 0 || size % GMEM_PAGE_SIZE)
+		return -EINVAL;
+	uint64_t low = size < GMEM_LOW_END ? size : GMEM_LOW_END;
+	m->size = size;
+	m->nregions = 1;
+	m->regions[0] = (struct gmem_region){ .gpa = 0, .size = low, .offset = 0 };
+	if (size > low) {
+		m->regions[1] = (struct gmem_region){
+			.gpa = GMEM_HIGH_START, .size = size - low, .offset = low
+		};
+		m->nregions = 2;
+	}
+	return 0;
+}
+
+int gmem_create(struct gmem *m, uint64_t size)
+{
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+	int r = gmem_layout(m, size);
+	if (r)
+		return r;
+	m->fd = memfd_create("vmsnap-ram", MFD_CLOEXEC);
+	if (m->fd < 0) {
+		r = -errno;
+		log_errno("memfd_create");
+		return r;
+	}
+	if (ftruncate(m->fd, (off_t)size) < 0) {
+		r = -errno;
+		log_errno("cannot size guest RAM to %llu bytes", (unsigned long long)size);
+		goto fail;
+	}
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, m->fd, 0);
+	if (p == MAP_FAILED) {
+		r = -errno;
+		log_errno("cannot map %llu bytes of guest RAM", (unsigned long long)size);
+		goto fail;
+	}
+	m->host = p;
+	return 0;
+fail:
+	close(m->fd);
+	m->fd = -1;
+	return r;
+}
+
+void gmem_free(struct gmem *m)
+{
+	if (m->host)
+		munmap(m->host, m->size);
+	if (m->fd >= 0)
+		close(m->fd);
+	m->host = NULL;
+	m->fd = -1;
+}
+
+uint64_t gmem_offset(const struct gmem *m, uint64_t gpa)
+{
+	for (unsigned int i = 0; i < m->nregions; i++) {
+		const struct gmem_region *r = &m->regions[i];
+		if (gpa >= r->gpa && gpa - r->gpa < r->size)
+			return r->offset + (gpa - r->gpa);
+	}
+	return UINT64_MAX;
+}
+
+void *gmem_ptr(const struct gmem *m, uint64_t gpa, uint64_t len)
+{
+	for (unsigned int i = 0; i < m->nregions; i++) {
+		const struct gmem_region *r = &m->regions[i];
+		if (gpa >= r->gpa && gpa - r->gpa <= r->size && len <= r->size - (gpa - r->gpa))
+			return m->host + r->offset + (gpa - r->gpa);
+	}
+	return NULL;
+}
+
+int gmem_write(struct gmem *m, uint64_t gpa, const void *src, size_t len)
+{
+	void *p = gmem_ptr(m, gpa, len);
+	if (!p)
+		return -EFAULT;
+	memcpy(p, src, len);
+	return 0;
+}
+
+int gmem_read(const struct gmem *m, uint64_t gpa, void *dst, size_t len)
+{
+	const void *p = gmem_ptr(m, gpa, len);
+	if (!p)
+		return -EFAULT;
+	memcpy(dst, p, len);
+	return 0;
+}

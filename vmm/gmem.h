@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VMSNAP_VMM_GMEM_H
+#define VMSNAP_VMM_GMEM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Guest physical memory. RAM is one host mapping (normally a memfd, MAP_SHARED) laid out as
+ * at most two guest-physical regions: [0, min(size, GMEM_LOW_END)) and, for what does not fit
+ * below the 32-bit MMIO hole, [GMEM_HIGH_START, ...). The host mapping is contiguous: the
+ * high region follows the low one at host offset low_size.
+ */
+#define GMEM_LOW_END 0xC0000000ull	  /* 3 GiB: [3 GiB, 4 GiB) is the MMIO hole */
+#define GMEM_HIGH_START 0x100000000ull /* 4 GiB */
+#define GMEM_PAGE_SIZE 4096ull
+#define GMEM_MAX_REGIONS 2
+
+struct gmem_region {
+	uint64_t gpa;	 /* guest-physical start */
+	uint64_t size;	 /* bytes */
+	uint64_t offset; /* offset into the host mapping and the memfd */
+};
+
+struct gmem {
+	int fd;		   /* memfd backing RAM, or -1 when the mapping has no fd (tests) */
+	uint8_t *host;	   /* host mapping of all RAM, @size bytes */
+	uint64_t size;	   /* total RAM bytes */
+	unsigned int nregions;
+	struct gmem_region regions[GMEM_MAX_REGIONS];
+};
+
+/**
+ * Compute the region layout for @size bytes of RAM into @m (does not allocate; host and fd
+ * are left untouched). @size must be a non-zero multiple of GMEM_PAGE_SIZE.
+ * Returns 0 or -EINVAL.
+ */
+int gmem_layout(struct gmem *m, uint64_t size);
+
+/**
+ * Create RAM: a memfd of @size bytes mapped MAP_SHARED, with the layout of gmem_layout().
+ * Returns 0 or -errno (-ENOMEM when the host cannot provide it). Release with gmem_free().
+ */
+int gmem_create(struct gmem *m, uint64_t size);
+
+/** Unmap and close what gmem_create() made. Safe on a zeroed struct. */
+void gmem_free(struct gmem *m);
+
+/**
+ * Host pointer for guest-physical [gpa, gpa+len), or NULL unless the whole range lies inside
+ * one RAM region. Every access to guest memory by the VMM goes through this check.
+ */
+void *gmem_ptr(const struct gmem *m, uint64_t gpa, uint64_t len);
+
+/** Host-mapping offset of @gpa, or UINT64_MAX if it is not RAM. */
+uint64_t gmem_offset(const struct gmem *m, uint64_t gpa);
+
+/** Copy into guest memory; returns 0 or -EFAULT if the range is not RAM. */
+int gmem_write(struct gmem *m, uint64_t gpa, const void *src, size_t len);
+
+/** Copy out of guest memory; returns 0 or -EFAULT if the range is not RAM. */
+int gmem_read(const struct gmem *m, uint64_t gpa, void *dst, size_t len);
+
+#endif
