@@ -17,7 +17,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define MAX_SEEDS 256
-#define MAX_INPUT (1u << 20)
+#define FUZZ_MAX_INPUT (1u << 20)
 
 static uint64_t rng_state;
 static uint64_t rnd(void)
@@ -33,8 +33,8 @@ static uint8_t *read_file(const char *path, size_t *len)
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return NULL;
-	uint8_t *buf = malloc(MAX_INPUT);
-	*len = buf ? fread(buf, 1, MAX_INPUT, f) : 0;
+	uint8_t *buf = malloc(FUZZ_MAX_INPUT);
+	*len = buf ? fread(buf, 1, FUZZ_MAX_INPUT, f) : 0;
 	fclose(f);
 	return buf;
 }
@@ -79,7 +79,7 @@ int main(int argc, char **argv)
 		nseeds = 1;
 	}
 
-	uint8_t *buf = malloc(MAX_INPUT + 64);
+	uint8_t *buf = malloc(FUZZ_MAX_INPUT + 64);
 	for (unsigned long i = 0; i < iters; i++) {
 		unsigned int s = (unsigned int)(rnd() % nseeds);
 		size_t len = lens[s];
@@ -100,7 +100,7 @@ int main(int argc, char **argv)
 					len = rnd() % len;
 				break;
 			case 3: /* append */
-				if (len < MAX_INPUT)
+				if (len < FUZZ_MAX_INPUT)
 					buf[len++] = (uint8_t)rnd();
 				break;
 			}

@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VMSNAP_TOOLS_CLI_H
+#define VMSNAP_TOOLS_CLI_H
+
+/* Exit statuses of the vmsnap command (also in README.md). */
+#define EXIT_OK 0	    /* done; for run: the guest powered off, or quit was asked */
+#define EXIT_FAIL 1	    /* an error: bad input, a host or VMM failure */
+#define EXIT_USAGE 2	    /* the command line was wrong */
+#define EXIT_GUEST_CRASH 3  /* the guest crashed: triple fault, emulation failure */
+
+/** One subcommand: its name, a one-line summary, and its entry point (argv[0] is the name). */
+struct cli_command {
+	const char *name;
+	const char *summary;
+	int (*main)(int argc, char **argv);
+};
+
+int cmd_run(int argc, char **argv);
+int cmd_ctl(int argc, char **argv);
+
+/** Print "vmsnap NAME: msg" for a usage error and return EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

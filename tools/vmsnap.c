@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/* The vmsnap command: dispatches to one subcommand. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tools/cli.h"
+#include "util/log.h"
+
+static const struct cli_command commands[] = {
+	{ "run", "boot a kernel in a new VM", cmd_run },
+	{ "ctl", "send a command to a running VM's control socket", cmd_ctl },
+};
+
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "vmsnap %s: %s (see 'vmsnap %s --help')\n", cmd, msg, cmd);
+	return EXIT_USAGE;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: vmsnap COMMAND [OPTIONS]\n\n"
+		   "A KVM virtual machine monitor whose VMs can be saved, restored, cloned and "
+		   "moved.\n\nCommands:\n");
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+	fprintf(f, "\n'vmsnap COMMAND --help' describes a command. 'vmsnap --version' prints the "
+		   "version.\n");
+}
+
+int main(int argc, char **argv)
+{
+	log_set_prog("vmsnap");
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+		usage(stdout);
+		return EXIT_OK;
+	}
+	if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+		printf("vmsnap %s\n", VMSNAP_VERSION);
+		return EXIT_OK;
+	}
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		if (!strcmp(argv[1], commands[i].name))
+			return commands[i].main(argc - 1, argv + 1);
+	fprintf(stderr, "vmsnap: unknown command '%s' (see 'vmsnap --help')\n", argv[1]);
+	return EXIT_USAGE;
+}

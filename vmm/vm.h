@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VMSNAP_VMM_VM_H
+#define VMSNAP_VMM_VM_H
+
+/*
+ * The machine: one KVM VM with RAM on a memfd, an in-kernel irqchip and PIT, N vCPU threads,
+ * the legacy devices (COM1 UART, i8042) and a control socket. The machine exposes its state
+ * (pause/resume, get/set) and knows nothing of images or networks.
+ *
+ * Threads: the caller's thread runs vm_run() (console input, signals, the end of the VM);
+ * one thread per vCPU; the control socket has its own thread. vm_pause()/vm_resume()/
+ * vm_request_stop() may be called from any thread.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "vmm/gmem.h"
+
+/** How the VM ended (vm_run's result). */
+enum vm_exit_kind {
+	VM_EXIT_NONE = 0,
+	VM_EXIT_POWEROFF,	/* the guest powered off or reset: a clean end */
+	VM_EXIT_QUIT,		/* asked to quit through the control socket */
+	VM_EXIT_SIGNAL,		/* SIGINT/SIGTERM on the host */
+	VM_EXIT_GUEST_CRASH,	/* triple fault, emulation failure, bad guest state */
+	VM_EXIT_ERROR,		/* a VMM or host error */
+};
+
+struct vm_config {
+	uint64_t mem_size;	  /* bytes, multiple of 4 KiB */
+	unsigned int ncpus;	  /* 1..VM_MAX_CPUS */
+	const char *kernel;	  /* path of a bzImage or PVH ELF */
+	const char *initrd;	  /* path or NULL */
+	const char *cmdline;	  /* kernel command line or NULL */
+	const char *console;	  /* NULL or "stdio": stdin/stdout; otherwise a file to write */
+	const char *api_path;	  /* control socket path or NULL */
+	const char *cpu_template; /* "host" (default) or "baseline" */
+};
+
+#define VM_MAX_CPUS 64
+#define VM_MAX_MEM (1ull << 40)
+
+struct vm;
+
+/** Current state, for `status`. */
+struct vm_status {
+	bool paused;
+	unsigned int ncpus;
+	uint64_t mem_size;
+	uint64_t uptime_ms;	  /* since vm_run() started */
+	uint64_t paused_total_ms; /* time spent paused so far */
+	uint64_t last_pause_us;	  /* how long the last vm_pause() took to stop every vCPU */
+};
+
+/**
+ * Create a VM from @cfg: checks the configuration, opens /dev/kvm, creates RAM, vCPUs and
+ * devices, loads the kernel. Nothing runs yet. Returns 0 and *out, or -errno after logging
+ * one clear line (e.g. -ENOENT for a missing kernel, -ENOEXEC for a non-kernel,
+ * -ENOMEM when the host cannot give the RAM, -ENODEV when KVM is missing).
+ */
+int vm_create(const struct vm_config *cfg, struct vm **out);
+
+/**
+ * Start the vCPUs and the control socket and serve until the VM ends. Returns how it ended;
+ * *reason (optional) points at a static description that stays valid until vm_destroy().
+ */
+enum vm_exit_kind vm_run(struct vm *vm, const char **reason);
+
+/**
+ * Stop every vCPU outside KVM_RUN with its state consistent (pending I/O completed) and keep
+ * them there. Returns 0 (also when already paused), or -ESHUTDOWN if the VM is ending.
+ */
+int vm_pause(struct vm *vm);
+
+/** Let paused vCPUs run again where they stopped. Returns 0, or -ESHUTDOWN. */
+int vm_resume(struct vm *vm);
+
+/** Ask vm_run() to end with @kind; @reason is a static string. Safe from any thread. */
+void vm_request_stop(struct vm *vm, enum vm_exit_kind kind, const char *reason);
+
+/** Fill @st. Safe from any thread. */
+void vm_get_status(struct vm *vm, struct vm_status *st);
+
+/** The signal that stopped the VM (VM_EXIT_SIGNAL), else 0. */
+int vm_stop_signal(struct vm *vm);
+
+/** The guest's RAM. */
+struct gmem *vm_memory(struct vm *vm);
+
+/** Release everything vm_create() made. */
+void vm_destroy(struct vm *vm);
+
+#endif
