@@ -112,6 +112,9 @@ int main(int argc, char **argv)
 		free(in);
 		runs++;
 	}
+	free(buf);
+	for (unsigned int i = 0; i < nseeds; i++)
+		free(seeds[i]);
 	printf("%lu passed, 0 failed\n", runs);
 	return 0;
 }
