@@ -56,7 +56,7 @@ int cmd_run(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+vh", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, "+:vh", opts, NULL)) != -1) {
 		switch (c) {
 		case 'k': cfg.kernel = optarg; break;
 		case 'i': cfg.initrd = optarg; break;
@@ -116,7 +116,8 @@ int cmd_run(int argc, char **argv)
 		status = 128 + vm_stop_signal(vm);
 		break;
 	default:
-		log_err("%s", reason && *reason ? reason : "the VM stopped on an error");
+		if (reason && *reason) /* an empty reason was logged where it happened */
+			log_err("%s", reason);
 		status = EXIT_FAIL;
 		break;
 	}

@@ -407,7 +407,7 @@ enum vm_exit_kind vm_run(struct vm *vm, const char **reason)
 
 	vm->start_ns = now_ns();
 	if (!atomic_load(&vm->stopping) && vm_api_start(vm) < 0)
-		vm_request_stop(vm, VM_EXIT_ERROR, "cannot start the control socket");
+		vm_request_stop(vm, VM_EXIT_ERROR, ""); /* already logged */
 
 	for (unsigned int i = 0; i < vm->ncpus && !atomic_load(&vm->stopping); i++) {
 		struct vcpu *vc = &vm->vcpus[i];

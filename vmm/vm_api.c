@@ -79,12 +79,8 @@ int vm_api_start(struct vm *vm)
 	if (!vm->cfg.api_path)
 		return 0;
 	int r = api_start(vm->cfg.api_path, vm_commands, vm, &vm->api);
-	if (r) {
-		log_err("cannot serve the control socket at '%s': %s", vm->cfg.api_path,
-			r == -EADDRINUSE ? "another process is serving it" : strerror(-r));
-		return r;
-	}
-	return 0;
+	/* api_start() has logged why. */
+	return r;
 }
 
 void vm_api_stop(struct vm *vm)
