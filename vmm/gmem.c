@@ -1,5 +1,4 @@
 /* SPDX-License-Identifier: MIT */
-#define _GNU_SOURCE
 #include "gmem.h"
 
 #include <errno.h>
@@ -56,6 +55,27 @@ fail:
 	close(m->fd);
 	m->fd = -1;
 	return r;
+}
+
+int gmem_map_file(struct gmem *m, uint64_t size, int fd, uint64_t offset)
+{
+	memset(m, 0, sizeof(*m));
+	m->fd = -1;
+	int r = gmem_layout(m, size);
+	if (r)
+		return r;
+	if (offset % GMEM_PAGE_SIZE)
+		return -EINVAL;
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE, fd,
+		       (off_t)offset);
+	if (p == MAP_FAILED) {
+		r = -errno;
+		log_errno("cannot map %llu bytes of guest RAM from the image",
+			  (unsigned long long)size);
+		return r;
+	}
+	m->host = p;
+	return 0;
 }
 
 void gmem_free(struct gmem *m)

@@ -43,6 +43,14 @@ int gmem_layout(struct gmem *m, uint64_t size);
  */
 int gmem_create(struct gmem *m, uint64_t size);
 
+/**
+ * Map @size bytes of the file @fd from @offset (page-aligned) MAP_PRIVATE as RAM: pages are
+ * read from the file's page cache on first touch and copied on the guest's first write, so
+ * the file is never changed and many VMs can share its pages. @fd is not kept (the mapping
+ * holds the file). The layout is gmem_layout()'s. Returns 0 or -errno.
+ */
+int gmem_map_file(struct gmem *m, uint64_t size, int fd, uint64_t offset);
+
 /** Unmap and close what gmem_create() made. Safe on a zeroed struct. */
 void gmem_free(struct gmem *m);
 

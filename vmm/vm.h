@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "formats/codec.h"
 #include "vmm/gmem.h"
 
 /** How the VM ended (vm_run's result). */
@@ -36,6 +37,17 @@ struct vm_config {
 	const char *console;	  /* NULL or "stdio": stdin/stdout; otherwise a file to write */
 	const char *api_path;	  /* control socket path or NULL */
 	const char *cpu_template; /* "host" (default) or "baseline" */
+
+	/*
+	 * Restore: no kernel is loaded; the caller sets memory, vCPU, VM and device state
+	 * through the functions below before vm_run(). With mem_from_file, guest RAM is the
+	 * file mem_file_fd mapped copy-on-write from mem_file_offset (see gmem_map_file);
+	 * otherwise RAM is a zeroed memfd the caller fills.
+	 */
+	bool restore;
+	bool mem_from_file;
+	int mem_file_fd;
+	uint64_t mem_file_offset;
 };
 
 #define VM_MAX_CPUS 64
@@ -87,6 +99,54 @@ int vm_stop_signal(struct vm *vm);
 
 /** The guest's RAM. */
 struct gmem *vm_memory(struct vm *vm);
+
+/** The configuration the VM was created with (strings owned by the caller of vm_create). */
+const struct vm_config *vm_get_config(struct vm *vm);
+
+/**
+ * Add control-socket commands (e.g. snapshot/'s "save") before vm_run(); @table and its
+ * strings must outlive the VM. Returns 0, -ENOTCONN without --api, or api_add_commands()'s
+ * error.
+ */
+struct api_command;
+int vm_api_add_commands(struct vm *vm, const struct api_command *table, void *opaque);
+
+/*
+ * State access for snapshot and migration. All of these need the VM paused (vm_pause()) or
+ * not yet running (restore), and return 0 or -errno after logging.
+ */
+
+/** Encode vCPU @index's complete KVM state (kvmstate record, KVMSTATE_VCPU_VERSION). */
+int vm_vcpu_save(struct vm *vm, unsigned int index, struct enc *e);
+/** Set vCPU @index's state from a record of @version. */
+int vm_vcpu_load(struct vm *vm, unsigned int index, struct dec *d, unsigned int version);
+/** VM-wide KVM state: PICs, IOAPIC, PIT, clock (KVMSTATE_VM_VERSION). */
+int vm_arch_save(struct vm *vm, struct enc *e);
+int vm_arch_load(struct vm *vm, struct dec *d, unsigned int version);
+
+/** One device of the machine's device table. */
+struct vm_device_info {
+	const char *name;	/* "uart-com1" */
+	uint16_t id;		/* stable id, the image's device section instance */
+	uint16_t version;	/* state version this build writes */
+};
+
+/** Number of devices; vm_device_info() for index 0..n-1. */
+unsigned int vm_device_count(const struct vm *vm);
+const struct vm_device_info *vm_device_get_info(const struct vm *vm, unsigned int index);
+/** Encode device @index's state (its current version). */
+int vm_device_save(struct vm *vm, unsigned int index, struct enc *e);
+/**
+ * Load the state of the device with stable @id from a record of @version. -ENOENT when
+ * this machine has no such device, -ENOTSUP for a version it cannot read.
+ */
+int vm_device_load(struct vm *vm, uint16_t id, struct dec *d, unsigned int version);
+/** True when a device with @id exists and reads @version (for img_check_required). */
+bool vm_device_known(const struct vm *vm, uint16_t id, unsigned int version);
+
+/** /dev/kvm's supported CPUID (malloc'ed entries into *@out, count returned) or -errno. */
+struct kvm_cpuid_entry2;
+int vm_host_cpuid(struct kvm_cpuid_entry2 **out);
 
 /** Release everything vm_create() made. */
 void vm_destroy(struct vm *vm);

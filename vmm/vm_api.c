@@ -74,13 +74,18 @@ static const struct api_command vm_commands[] = {
 	{ NULL, NULL, NULL, NULL },
 };
 
-int vm_api_start(struct vm *vm)
+int vm_api_create(struct vm *vm)
 {
 	if (!vm->cfg.api_path)
 		return 0;
-	int r = api_start(vm->cfg.api_path, vm_commands, vm, &vm->api);
-	/* api_start() has logged why. */
-	return r;
+	return api_create(vm_commands, vm, &vm->api);
+}
+
+int vm_api_start(struct vm *vm)
+{
+	if (!vm->api)
+		return 0;
+	return api_listen(vm->api, vm->cfg.api_path); /* it has logged why it failed */
 }
 
 void vm_api_stop(struct vm *vm)

@@ -75,6 +75,7 @@ void vm_i8042_reset(void *opaque);
 struct kvm_cpuid2 *vm_supported_cpuid(int kvm_fd);
 
 /** Register the control socket commands (vm_api.c) and start the server if configured. */
+int vm_api_create(struct vm *vm);
 int vm_api_start(struct vm *vm);
 void vm_api_stop(struct vm *vm);
 

@@ -251,7 +251,7 @@ static int setup_devices(struct vm *vm)
 
 static int check_config(const struct vm_config *cfg, enum cpu_template *tmpl)
 {
-	if (!cfg->kernel) {
+	if (!cfg->kernel && !cfg->restore) {
 		log_err("no kernel given (--kernel FILE)");
 		return -EINVAL;
 	}
@@ -310,10 +310,12 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 		return r;
 
 	/* Read the inputs before touching KVM, so bad files fail fast and clearly. */
-	r = map_file("kernel", cfg->kernel, &kernel, &kernel_len, MAX_KERNEL_SIZE);
-	if (r)
-		return r;
-	if (cfg->initrd) {
+	if (!cfg->restore) {
+		r = map_file("kernel", cfg->kernel, &kernel, &kernel_len, MAX_KERNEL_SIZE);
+		if (r)
+			return r;
+	}
+	if (cfg->initrd && !cfg->restore) {
 		r = map_file("initrd", cfg->initrd, &initrd, &initrd_len, MAX_INITRD_SIZE);
 		if (r)
 			goto out_files;
@@ -378,7 +380,10 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 		goto fail;
 	}
 
-	r = gmem_create(&vm->mem, cfg->mem_size);
+	if (cfg->restore && cfg->mem_from_file)
+		r = gmem_map_file(&vm->mem, cfg->mem_size, cfg->mem_file_fd, cfg->mem_file_offset);
+	else
+		r = gmem_create(&vm->mem, cfg->mem_size);
 	if (r)
 		goto fail;
 	for (unsigned int i = 0; i < vm->mem.nregions; i++) {
@@ -424,6 +429,12 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	if (r)
 		goto fail;
 
+	r = vm_api_create(vm);
+	if (r)
+		goto fail;
+	if (cfg->restore)
+		goto done;
+
 	/* The kernel last: it needs RAM, and the BSP's registers come from it. */
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
@@ -451,8 +462,10 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 		goto fail;
 	}
 
+done:
 	free(supported);
-	munmap(kernel, kernel_len);
+	if (kernel)
+		munmap(kernel, kernel_len);
 	if (initrd)
 		munmap(initrd, initrd_len);
 	*out = vm;
@@ -482,6 +495,7 @@ void vm_destroy(struct vm *vm)
 		}
 		free(vm->vcpus);
 	}
+	vm_api_stop(vm);
 	if (vm->uart)
 		uart_destroy(vm->uart);
 	if (vm->kbd)
