@@ -181,20 +181,20 @@ static int vcpu_setup(struct vm *vm, struct vcpu *vc, const struct kvm_cpuid2 *s
 
 	struct msr_entry defaults[MSR_BOOT_MAX];
 	unsigned int nmsr = msr_boot_defaults(defaults, MSR_BOOT_MAX);
-	struct {
-		struct kvm_msrs hdr;
-		struct kvm_msr_entry e[MSR_BOOT_MAX];
-	} msrs;
-	memset(&msrs, 0, sizeof(msrs));
+	struct kvm_msrs *msrs = calloc(1, sizeof(*msrs) + MSR_BOOT_MAX * sizeof(msrs->entries[0]));
+	if (!msrs)
+		return -ENOMEM;
 	for (unsigned int i = 0; i < nmsr; i++) {
-		msrs.e[i].index = defaults[i].index;
-		msrs.e[i].data = defaults[i].value;
+		msrs->entries[i].index = defaults[i].index;
+		msrs->entries[i].data = defaults[i].value;
 	}
-	msrs.hdr.nmsrs = nmsr;
-	int set = ioctl(vc->fd, KVM_SET_MSRS, &msrs);
+	msrs->nmsrs = nmsr;
+	int set = ioctl(vc->fd, KVM_SET_MSRS, msrs);
+	uint32_t refused = set >= 0 && (unsigned int)set < nmsr ? msrs->entries[set].index : 0;
+	free(msrs);
 	if (set < 0 || (unsigned int)set != nmsr) {
 		log_err("KVM_SET_MSRS on vCPU %u: set %d of %u boot MSRs (first refused: 0x%x)",
-			vc->index, set, nmsr, set >= 0 && (unsigned)set < nmsr ? msrs.e[set].index : 0);
+			vc->index, set, nmsr, refused);
 		return -EIO;
 	}
 
