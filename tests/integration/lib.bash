@@ -48,7 +48,7 @@ start_vm() { # start_vm CPUS MEM "GUEST CMDLINE" [vmsnap args...]
 	"$HBWATCH" -l "$CON" -j -s "$SUM" <"$WORK/con.fifo" >/dev/null 2>&1 &
 	WATCH_PID=$!
 	( "$VMSNAP" run --kernel "$GUEST" --cpus "$cpus" --mem "$mem" \
-		--cmdline "cpus=$cpus $cmdline" --api "$API" "$@" >"$WORK/con.fifo" 2>"$VM_ERR" </dev/null
+		--cmdline "cpus=$cpus $cmdline" --api "$API" "$@" >"$WORK/con.fifo" 2>"$VM_ERR" <"${VM_STDIN:-/dev/null}"
 	  echo "$?" >"$WORK/vm.status" ) &
 	VM_PID=$!
 	PIDS+=("$VM_PID" "$WATCH_PID")
