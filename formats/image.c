@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <lz4.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -683,7 +684,135 @@ struct img_writer {
 	uint64_t ram_size;
 	bool mem_done, has_parent, finished;
 	struct img_write_stats st;
+	void (*progress)(void *arg, uint64_t pages_done, uint64_t pages_total);
+	void *progress_arg;
+	uint64_t progress_next; /* page at which to report next */
+	struct w_io *io;	/* writes of guest memory, off the hashing thread */
+	bool defer_hash;	/* hash from the file at finish (img_writer_defer_hash) */
+	struct w_range { uint64_t off, len; } *hr; /* deferred: byte ranges to hash, in order */
+	size_t nhr, hr_cap;
 };
+
+/*
+ * Guest memory is written by a second thread while the caller's thread scans, checksums and
+ * hashes the next stretch: on a 2-core host the pwrite (page-cache fill) and the SHA-256 then
+ * overlap instead of adding up, which is most of a save's pause. Jobs point into the caller's
+ * RAM, which must not change until img_write_memory() returns (the VM is paused).
+ */
+#define W_IO_SLOTS 4
+
+struct w_io_job {
+	const uint8_t *src;
+	size_t len;
+	uint64_t off;
+};
+
+struct w_io {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct w_io_job q[W_IO_SLOTS];
+	unsigned int head, count;
+	bool busy, stop;
+	int fd;
+	int err;
+	char msg[sizeof(last_err)]; /* the worker's error message (logged there) */
+};
+
+static void *w_io_thread(void *arg)
+{
+	struct w_io *io = arg;
+	pthread_mutex_lock(&io->lock);
+	for (;;) {
+		while (!io->count && !io->stop)
+			pthread_cond_wait(&io->cond, &io->lock);
+		if (!io->count)
+			break;
+		struct w_io_job j = io->q[io->head];
+		io->busy = true;
+		pthread_mutex_unlock(&io->lock);
+		int err = pwrite_all(io->fd, j.src, j.len, j.off);
+		pthread_mutex_lock(&io->lock);
+		io->busy = false;
+		if (err && !io->err) {
+			io->err = err;
+			memcpy(io->msg, last_err, sizeof(io->msg));
+		}
+		io->head = (io->head + 1) % W_IO_SLOTS;
+		io->count--;
+		pthread_cond_broadcast(&io->cond);
+	}
+	pthread_mutex_unlock(&io->lock);
+	return NULL;
+}
+
+/* Start the writer thread; on failure writes stay synchronous (io == NULL). */
+static void w_io_start(struct img_writer *w)
+{
+	struct w_io *io = calloc(1, sizeof(*io));
+	if (!io)
+		return;
+	io->fd = w->fd;
+	pthread_mutex_init(&io->lock, NULL);
+	pthread_cond_init(&io->cond, NULL);
+	if (pthread_create(&io->thread, NULL, w_io_thread, io)) {
+		pthread_mutex_destroy(&io->lock);
+		pthread_cond_destroy(&io->cond);
+		free(io);
+		return;
+	}
+	w->io = io;
+}
+
+/* Queue a write (or do it here without a thread); waits while the queue is full. */
+static int w_io_submit(struct img_writer *w, const uint8_t *src, size_t len, uint64_t off)
+{
+	struct w_io *io = w->io;
+	if (!io)
+		return pwrite_all(w->fd, src, len, off);
+	pthread_mutex_lock(&io->lock);
+	while (io->count == W_IO_SLOTS && !io->err)
+		pthread_cond_wait(&io->cond, &io->lock);
+	int err = io->err;
+	if (!err) {
+		io->q[(io->head + io->count) % W_IO_SLOTS] = (struct w_io_job){ src, len, off };
+		io->count++;
+		pthread_cond_broadcast(&io->cond);
+	}
+	pthread_mutex_unlock(&io->lock);
+	return err;
+}
+
+/* Wait for every queued write, stop the thread, and return the first write error. */
+static int w_io_finish(struct img_writer *w)
+{
+	struct w_io *io = w->io;
+	if (!io)
+		return 0;
+	pthread_mutex_lock(&io->lock);
+	io->stop = true;
+	pthread_cond_broadcast(&io->cond);
+	pthread_mutex_unlock(&io->lock);
+	pthread_join(io->thread, NULL);
+	int err = io->err;
+	if (err) /* already logged by the worker; keep it for this thread's img_last_error() */
+		memcpy(last_err, io->msg, sizeof(last_err));
+	pthread_mutex_destroy(&io->lock);
+	pthread_cond_destroy(&io->cond);
+	free(io);
+	w->io = NULL;
+	return err;
+}
+
+#define PROGRESS_PAGES 4096u /* 16 MiB */
+
+static void w_progress(struct img_writer *w, uint64_t done)
+{
+	if (w->progress && done >= w->progress_next) {
+		w->progress(w->progress_arg, done, w->ram_size / IMG_PAGE_SIZE);
+		w->progress_next = done + PROGRESS_PAGES;
+	}
+}
 
 static int w_flush(struct img_writer *w)
 {
@@ -696,10 +825,62 @@ static int w_flush(struct img_writer *w)
 	return w->err;
 }
 
-static void w_hash(struct img_writer *w, const void *p, size_t n)
+/* Hash @n bytes that land at file offset @off (or note the range, when deferred). */
+static void w_hash(struct img_writer *w, uint64_t off, const void *p, size_t n)
 {
-	if (!w->err && n && EVP_DigestUpdate(w->sha, p, n) != 1)
-		w->err = img_fail(-EIO, "sha-256 update failed");
+	if (w->err || !n)
+		return;
+	if (!w->defer_hash) {
+		if (EVP_DigestUpdate(w->sha, p, n) != 1)
+			w->err = img_fail(-EIO, "sha-256 update failed");
+		return;
+	}
+	if (w->nhr && w->hr[w->nhr - 1].off + w->hr[w->nhr - 1].len == off) {
+		w->hr[w->nhr - 1].len += n;
+		return;
+	}
+	if (w->nhr == w->hr_cap) {
+		size_t cap = w->hr_cap ? w->hr_cap * 2 : 64;
+		void *nr = realloc(w->hr, cap * sizeof(*w->hr));
+		if (!nr) {
+			w->err = -ENOMEM;
+			return;
+		}
+		w->hr = nr;
+		w->hr_cap = cap;
+	}
+	w->hr[w->nhr++] = (struct w_range){ off, n };
+}
+
+/* Deferred hashing: read the noted ranges back (from the page cache) and hash them. */
+static int w_hash_deferred(struct img_writer *w)
+{
+	enum { CHUNK = 4u << 20 };
+	uint8_t *buf = malloc(CHUNK);
+	if (!buf)
+		return w->err = -ENOMEM;
+	for (size_t i = 0; i < w->nhr && !w->err; i++) {
+		for (uint64_t o = w->hr[i].off, end = o + w->hr[i].len; o < end && !w->err;) {
+			size_t n = end - o < CHUNK ? (size_t)(end - o) : CHUNK;
+			ssize_t got = pread(w->fd, buf, n, (off_t)o);
+			if (got != (ssize_t)n) {
+				w->err = img_fail(got < 0 ? -errno : -EIO,
+						  "image: reading back file offset %llu to hash it: %s",
+						  (ull)o, got < 0 ? strerror(errno) : "short read");
+				break;
+			}
+			if (EVP_DigestUpdate(w->sha, buf, n) != 1)
+				w->err = img_fail(-EIO, "sha-256 update failed");
+			o += n;
+		}
+	}
+	free(buf);
+	return w->err;
+}
+
+void img_writer_defer_hash(struct img_writer *w)
+{
+	w->defer_hash = true;
 }
 
 /* Append @n bytes at the end of the image, hashed. */
@@ -707,7 +888,7 @@ static int w_append(struct img_writer *w, const void *p, size_t n)
 {
 	if (w->err)
 		return w->err;
-	w_hash(w, p, n);
+	w_hash(w, w->off, p, n);
 	if (w->blen + n > WBUF_SIZE && w_flush(w))
 		return w->err;
 	if (n >= WBUF_SIZE) {
@@ -807,6 +988,7 @@ void img_writer_free(struct img_writer *w)
 	EVP_MD_CTX_free(w->sha);
 	free(w->buf);
 	free(w->idx);
+	free(w->hr);
 	free(w);
 }
 
@@ -924,9 +1106,9 @@ struct pending {
 static int pending_flush(struct img_writer *w, struct pending *pw)
 {
 	if (pw->len && !w->err) {
-		w_hash(w, pw->src, pw->len);
+		w_hash(w, pw->off, pw->src, pw->len);
 		if (!w->err)
-			w->err = pwrite_all(w->fd, pw->src, pw->len, pw->off);
+			w->err = w_io_submit(w, pw->src, pw->len, pw->off);
 		w->st.bytes_written += pw->len;
 	}
 	pw->len = 0;
@@ -990,6 +1172,7 @@ static int write_memory_linear(struct img_writer *w, const uint8_t *ram, uint64_
 			}
 			map_emit(m, &r);
 			q += k;
+			w_progress(w, q);
 		}
 		p += n;
 	}
@@ -1045,6 +1228,7 @@ static int write_memory_packed(struct img_writer *w, const uint8_t *ram, uint64_
 			}
 			map_emit(m, &r);
 			q += k;
+			w_progress(w, q);
 			if (blen > BATCH_SIZE - bound) {
 				if (inst > 0xffff) {
 					w->err = img_fail(-EFBIG, "image: too much memory data");
@@ -1090,12 +1274,22 @@ int img_write_memory(struct img_writer *w, const void *ram, uint64_t size,
 		return img_fail(-EINVAL, "image: runs of %u pages are too long", o.run_pages);
 	w->mem_done = true;
 	w->st.pages_total = pages;
+	w->progress = o.progress;
+	w->progress_arg = o.progress_arg;
+	w->progress_next = PROGRESS_PAGES;
 	enc_init(&m.enc);
 	if (o.compress)
 		write_memory_packed(w, ram, pages, dirty, o.run_pages, true, &m);
-	else
+	else {
+		w_io_start(w);
 		write_memory_linear(w, ram, pages, dirty, o.run_pages, &m);
+		int ioerr = w_io_finish(w);
+		if (ioerr && !w->err)
+			w->err = ioerr;
+	}
 	map_finish(&m);
+	if (!w->err && w->progress)
+		w->progress(w->progress_arg, pages, pages);
 	if (!w->err && m.enc.err)
 		w->err = m.enc.err;
 	if (!w->err) {
@@ -1146,6 +1340,8 @@ int img_writer_finish(struct img_writer *w, struct img_write_stats *st)
 		w_section(w, IMG_SEC_ID(IMG_SEC_INDEX, 0), 1, IMG_SEC_REQUIRED, e.buf, e.len);
 	enc_free(&e);
 	if (w->err)
+		return w->err;
+	if (w->defer_hash && (w_flush(w) || w_hash_deferred(w)))
 		return w->err;
 	if (EVP_DigestFinal_ex(w->sha, w->st.sha256, &mdlen) != 1 || mdlen != 32)
 		return w->err = img_fail(-EIO, "sha-256 final failed");

@@ -185,6 +185,12 @@ struct img_writer;
 struct img_write_opts {
 	bool compress;	     /* LZ4 chunks, packed; restore is eager only */
 	uint32_t run_pages;  /* pages per checksummed run / LZ4 chunk; 0 = default (256) */
+	/*
+	 * Optional: called from img_write_memory() about every 16 MiB of RAM scanned, and once
+	 * at the end, with the pages scanned so far and the total (for progress reports).
+	 */
+	void (*progress)(void *arg, uint64_t pages_done, uint64_t pages_total);
+	void *progress_arg;
 };
 
 struct img_write_stats {
@@ -226,6 +232,14 @@ int img_write_parent(struct img_writer *w, const uint8_t sha256[32], const char 
  */
 int img_write_memory(struct img_writer *w, const void *ram, uint64_t size,
 		     const uint64_t *dirty, const struct img_write_opts *opts);
+
+/**
+ * Hash the image at img_writer_finish() by reading the file back, instead of while writing.
+ * Call right after img_writer_open(). Then nothing of the caller's memory is used after
+ * img_write_memory() returns, and the SHA-256's cost falls in img_writer_finish(): a save
+ * can let the guest run on while the image is hashed (from the page cache) and completed.
+ */
+void img_writer_defer_hash(struct img_writer *w);
 
 /** Write the index and end record. Does not fsync. Fills @st if non-NULL. */
 int img_writer_finish(struct img_writer *w, struct img_write_stats *st);

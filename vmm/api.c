@@ -893,6 +893,18 @@ out:
 	return r;
 }
 
+void api_flush_events(struct api_server *srv)
+{
+	if (!srv || !srv->thread_running || !pthread_equal(pthread_self(), srv->thread))
+		return;
+	distribute_events(srv);
+	for (unsigned int k = 0; k < API_MAX_CLIENTS; k++) {
+		struct api_client *c = &srv->clients[k];
+		if (c->fd >= 0 && !c->dead)
+			client_flush(c);
+	}
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Client                                                                                       */
 

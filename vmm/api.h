@@ -109,6 +109,13 @@ int api_handle_line(struct api_server *srv, const char *line, size_t len, struct
 int api_event(struct api_server *srv, const char *name, const struct jw *fields);
 
 /**
+ * From a handler (on the server thread only; elsewhere a no-op): hand the queued event lines
+ * to the subscribed clients and write what their sockets take now, without blocking. Lets a
+ * long-running handler (snapshot save) stream progress events before its reply.
+ */
+void api_flush_events(struct api_server *srv);
+
+/**
  * Client side (for `vmsnap ctl`): connect to @path, send @request_line (one JSON object; a
  * trailing newline is optional, any other newline is refused with -EINVAL), and read one
  * reply line into @reply (NUL-terminated, newline removed). @timeout_ms bounds the whole

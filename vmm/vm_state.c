@@ -166,3 +166,8 @@ int vm_api_add_commands(struct vm *vm, const struct api_command *table, void *op
 		return -ENOTCONN;
 	return api_add_commands(vm->api, table, opaque);
 }
+
+struct api_server *vm_api_server(struct vm *vm)
+{
+	return vm->api;
+}

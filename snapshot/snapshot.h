@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef VMSNAP_SNAPSHOT_SNAPSHOT_H
+#define VMSNAP_SNAPSHOT_SNAPSHOT_H
+
+/*
+ * Save a running VM to an image file and restore a VM from one (docs/SNAPSHOT.md). This is
+ * policy: when to pause, what goes in which section, how the file is made durable. The bytes
+ * are formats/image.h's; the machine's state comes from vmm/vm.h.
+ *
+ * Sections written (formats/SPEC.md §3): config (optional, SNAP_CONFIG_VERSION), vm
+ * (required, KVMSTATE_VM_VERSION), one vcpu.N per vCPU (required, KVMSTATE_VCPU_VERSION),
+ * one device.ID per entry of the device table (required, the device's own version), then
+ * memory (linear, or LZ4 chunks with compress).
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct vm;
+
+#define SNAP_CONFIG_VERSION 1
+
+/* ---- save ------------------------------------------------------------------------------ */
+
+struct snap_save_opts {
+	const char *path; /* the image to create or replace (absolute or relative to cwd) */
+	bool compress;	  /* LZ4 chunks: smaller, restore is eager only */
+	bool stop;	  /* on success leave the VM paused and ask it to power off */
+	/* Optional progress report while memory is written (RAM pages scanned of total). */
+	void (*progress)(void *arg, uint64_t pages_done, uint64_t pages_total);
+	void *progress_arg;
+};
+
+struct snap_save_result {
+	uint64_t pause_us;	/* how long the guest did not run because of this save */
+	uint64_t total_us;	/* from the request to a durable, renamed image */
+	bool was_paused;	/* the VM was paused before the save (and stays paused) */
+	uint64_t file_size;	/* apparent size */
+	uint64_t bytes_written; /* bytes written (holes excluded) */
+	uint64_t pages_total, pages_data, pages_zero, pages_lz4, lz4_bytes;
+	uint8_t sha256[32];
+};
+
+/**
+ * Save @vm (running or paused; not yet running is fine too) to @o->path: pause it, encode
+ * the VM, vCPU and device state, write header + sections + memory to a temporary file in
+ * the target's directory, resume the guest (unless it was paused before, or @o->stop), then
+ * fsync the file, rename it over @o->path and fsync the directory. On any failure the
+ * temporary file is removed, an existing image at @o->path is left untouched, the VM runs
+ * (as before the call) and a one-line reason is in @err. With @o->stop, on success the VM
+ * stays paused and vm_request_stop(VM_EXIT_POWEROFF) is called.
+ * Must not run concurrently with vm_resume() by anyone else (control-socket handlers are
+ * serialised; that is how the "save" command guarantees it).
+ * Returns 0 or -errno.
+ */
+int snap_save(struct vm *vm, const struct snap_save_opts *o, struct snap_save_result *res,
+	      char *err, size_t errlen);
+
+/**
+ * Register the control-socket command "save" (args: path, stop, compress) on @vm before
+ * vm_run(). It runs on the server thread for the whole save (so nothing can resume the VM
+ * meanwhile) and sends "save-progress" events to subscribers as it writes memory.
+ * Returns 0, -ENOTCONN without a control socket, or -errno.
+ */
+int snap_api_register(struct vm *vm);
+
+/* ---- restore --------------------------------------------------------------------------- */
+
+enum snap_mem_mode {
+	SNAP_MEM_AUTO = 0, /* mmap for linear images, eager for compressed ones */
+	SNAP_MEM_EAGER,	   /* read (and check) all memory into fresh RAM before running */
+	SNAP_MEM_MMAP,	   /* map the image copy-on-write: instant, pages load on first touch */
+};
+
+/** "auto", "eager" or "mmap" into @out: 0 or -EINVAL. */
+int snap_mem_mode_parse(const char *s, enum snap_mem_mode *out);
+
+struct snap_restore_opts {
+	const char *path;
+	enum snap_mem_mode mem_mode;
+	const char *console;  /* as vm_config.console */
+	const char *api_path; /* control socket of the new VM, or NULL */
+};
+
+struct snap_restore_stats {
+	uint64_t open_us;   /* open + validate + compatibility checks */
+	uint64_t create_us; /* vm_create() (RAM mapping included) */
+	uint64_t memory_us; /* eager read (0 for mmap) */
+	uint64_t state_us;  /* vCPU, VM and device state */
+	uint64_t total_us;
+	bool mmap; /* memory is the image mapped copy-on-write */
+};
+
+struct snap_restore;
+
+/**
+ * Make a VM from the image @o->path, ready for vm_run(): open and validate it; refuse a
+ * newer format, an unknown required section, a section version this build cannot read, an
+ * incremental image, or a host CPU lacking features a saved vCPU uses (one line naming them)
+ * before creating anything; create the VM from the image's configuration; fill memory per
+ * @o->mem_mode (an explicit mmap on a compressed image is refused with -ENOTSUP); load vCPU,
+ * VM and device state. Errors are logged once (one line). Returns 0 and *@out, or -errno
+ * (-EBADMSG corrupt image, -ENOTSUP incompatible image).
+ */
+int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
+		 struct snap_restore_stats *st);
+
+/** The restored VM (owned by @r). */
+struct vm *snap_restore_vm(struct snap_restore *r);
+
+/** vm_destroy() the VM and free what the restore kept (the configuration strings). */
+void snap_restore_free(struct snap_restore *r);
+
+/* ---- verify ---------------------------------------------------------------------------- */
+
+struct snap_verify_result {
+	uint64_t sections, runs, bytes_hashed;
+	uint8_t sha256[32];
+};
+
+/**
+ * Check the image on @fd completely: structure (img_open), every section CRC, every memory
+ * run's CRC and LZ4 block, holes, the SHA-256 (img_verify), and that every state section this
+ * build knows decodes (config, vm, vcpu.N records; each device section belongs to a known
+ * device at a readable version). On failure a one-line message naming the section (and
+ * offset or page) is in @err; the reader also logs it unless img_set_quiet(). Returns 0, -EBADMSG,
+ * -ENOTSUP or an I/O error.
+ */
+int snap_verify_fd(int fd, struct snap_verify_result *res, char *err, size_t errlen);
+
+#endif
