@@ -17,6 +17,16 @@ struct cli_command {
 
 int cmd_run(int argc, char **argv);
 int cmd_ctl(int argc, char **argv);
+int cmd_save(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
+int cmd_inspect(int argc, char **argv);
+int cmd_verify(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
+int cmd_receive(int argc, char **argv);
+
+/** vm_run() @vm and map how it ended to an exit status (as `run` documents). */
+struct vm;
+int cli_run_vm(struct vm *vm);
 
 /** Print "vmsnap NAME: msg" for a usage error and return EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

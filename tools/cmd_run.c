@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "migrate/migrate.h"
+#include "snapshot/snapshot.h"
 #include "tools/cli.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -98,6 +100,24 @@ int cmd_run(int argc, char **argv)
 	int r = vm_create(&cfg, &vm);
 	if (r)
 		return EXIT_FAIL;
+	if (cfg.api_path && (r = snap_api_register(vm))) {
+		log_err("cannot register the snapshot commands: %s", strerror(-r));
+		vm_destroy(vm);
+		return EXIT_FAIL;
+	}
+	if (cfg.api_path && (r = mig_api_register(vm))) {
+		log_err("cannot register the migration commands: %s", strerror(-r));
+		vm_destroy(vm);
+		return EXIT_FAIL;
+	}
+	int status = cli_run_vm(vm);
+	mig_api_shutdown(vm);
+	vm_destroy(vm);
+	return status;
+}
+
+int cli_run_vm(struct vm *vm)
+{
 	const char *reason = "";
 	enum vm_exit_kind kind = vm_run(vm, &reason);
 	int status;
@@ -121,6 +141,5 @@ int cmd_run(int argc, char **argv)
 		status = EXIT_FAIL;
 		break;
 	}
-	vm_destroy(vm);
 	return status;
 }

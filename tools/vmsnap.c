@@ -10,6 +10,12 @@
 static const struct cli_command commands[] = {
 	{ "run", "boot a kernel in a new VM", cmd_run },
 	{ "ctl", "send a command to a running VM's control socket", cmd_ctl },
+	{ "save", "save a running VM to an image file", cmd_save },
+	{ "restore", "continue a VM saved in an image file", cmd_restore },
+	{ "inspect", "describe an image file", cmd_inspect },
+	{ "verify", "check every checksum of an image file", cmd_verify },
+	{ "migrate", "live-migrate a running VM to a 'vmsnap receive'", cmd_migrate },
+	{ "receive", "receive a live-migrated VM over TCP and run it", cmd_receive },
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

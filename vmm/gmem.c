@@ -2,6 +2,7 @@
 #include "gmem.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -108,12 +109,22 @@ void *gmem_ptr(const struct gmem *m, uint64_t gpa, uint64_t len)
 	return NULL;
 }
 
+void gmem_mark_dirty(struct gmem *m, uint64_t offset, uint64_t len)
+{
+	uint64_t *bm = atomic_load(&m->dirty);
+	if (!bm || len == 0)
+		return;
+	for (uint64_t pg = offset / GMEM_PAGE_SIZE; pg <= (offset + len - 1) / GMEM_PAGE_SIZE; pg++)
+		__atomic_fetch_or(&bm[pg / 64], 1ull << (pg % 64), __ATOMIC_RELAXED);
+}
+
 int gmem_write(struct gmem *m, uint64_t gpa, const void *src, size_t len)
 {
 	void *p = gmem_ptr(m, gpa, len);
 	if (!p)
 		return -EFAULT;
 	memcpy(p, src, len);
+	gmem_mark_dirty(m, (uint64_t)((uint8_t *)p - m->host), len);
 	return 0;
 }
 

@@ -28,6 +28,11 @@ struct gmem {
 	uint64_t size;	   /* total RAM bytes */
 	unsigned int nregions;
 	struct gmem_region regions[GMEM_MAX_REGIONS];
+	/*
+	 * Optional VMM-write bitmap (vmm/dirty.h; bit i = RAM page i, i.e. host offset / 4 KiB),
+	 * set while migration tracks dirty pages: gmem_write() marks the pages it writes.
+	 */
+	uint64_t *_Atomic dirty;
 };
 
 /**
@@ -63,7 +68,13 @@ void *gmem_ptr(const struct gmem *m, uint64_t gpa, uint64_t len);
 /** Host-mapping offset of @gpa, or UINT64_MAX if it is not RAM. */
 uint64_t gmem_offset(const struct gmem *m, uint64_t gpa);
 
-/** Copy into guest memory; returns 0 or -EFAULT if the range is not RAM. */
+/**
+ * Mark host-mapping bytes [offset, offset+len) as written by the VMM in the dirty bitmap, if
+ * one is set (a VMM write through a gmem_ptr() pointer must call this). Thread-safe.
+ */
+void gmem_mark_dirty(struct gmem *m, uint64_t offset, uint64_t len);
+
+/** Copy into guest memory (marking the pages dirty); returns 0 or -EFAULT if not RAM. */
 int gmem_write(struct gmem *m, uint64_t gpa, const void *src, size_t len);
 
 /** Copy out of guest memory; returns 0 or -EFAULT if the range is not RAM. */

@@ -111,6 +111,13 @@ const struct vm_config *vm_get_config(struct vm *vm);
 struct api_command;
 int vm_api_add_commands(struct vm *vm, const struct api_command *table, void *opaque);
 
+/**
+ * The control socket server (for api_event()/api_flush_events() from snapshot/ and migrate/
+ * handlers), or NULL without --api. Valid until vm_run() returns.
+ */
+struct api_server;
+struct api_server *vm_api_server(struct vm *vm);
+
 /*
  * State access for snapshot and migration. All of these need the VM paused (vm_pause()) or
  * not yet running (restore), and return 0 or -errno after logging.
@@ -147,6 +154,15 @@ bool vm_device_known(const struct vm *vm, uint16_t id, unsigned int version);
 /** /dev/kvm's supported CPUID (malloc'ed entries into *@out, count returned) or -errno. */
 struct kvm_cpuid_entry2;
 int vm_host_cpuid(struct kvm_cpuid_entry2 **out);
+
+/** The vCPUs' TSC frequency in kHz (KVM_GET_TSC_KHZ), or 0 if KVM does not say. */
+uint64_t vm_tsc_khz(struct vm *vm);
+
+/**
+ * True once vm_run() has started every vCPU thread (a migration destination confirms on
+ * this; a VM that fails to start never gets there). Safe from any thread.
+ */
+bool vm_vcpus_started(struct vm *vm);
 
 /** Release everything vm_create() made. */
 void vm_destroy(struct vm *vm);
