@@ -1,0 +1,263 @@
+#!/usr/bin/env bash
+# vmsnap demo: the one command of the README. On Debian 12 (as root, or a user with sudo and
+# access to /dev/kvm) it installs the build dependencies (scripts/deps.sh), builds everything
+# into build/ (release), then runs the main job on the bundled test guest:
+#
+#   boot     the test guest on 2 vCPUs with the memory dirtier, periodic verify and a control
+#            socket; show its boot line, heartbeat statistics and VERIFY OK lines
+#   pause    through `vmsnap ctl SOCKET pause`; show that heartbeats stop and what status says
+#   resume   heartbeats continue, memory still verifies; hbwatch measures the pause as a gap
+#   quit     through the control socket; vmsnap must exit 0
+#
+# usage: scripts/demo.sh [--no-setup]     (--no-setup: skip deps and build, use build/ as is)
+# Exits 0 when every step passed, 1 otherwise (the console log is kept then). About 10 s after
+# the build. Later issues add steps (save, restore, clone, migrate): see STEPS below.
+# shellcheck disable=SC2317 # steps and helpers are called indirectly (STEPS, trap)
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+SRC=$(pwd)
+
+SETUP=1
+case "${1:-}" in
+--no-setup) SETUP=0 ;;
+"") ;;
+-h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+*) echo "demo.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+esac
+
+BUILD=$SRC/build
+VMSNAP=$BUILD/vmsnap
+GUEST=$BUILD/tests/guest/guest.elf
+HBWATCH=$BUILD/tests/hbwatch
+CPUS=2
+MEM=256M
+GUEST_CMDLINE="cpus=$CPUS workload=dirty wss=64 rate=256 verify=500ms status=1s"
+PAUSE_S=2
+
+WORK=$(mktemp -d /tmp/vmsnap-demo.XXXXXX) # mode 0700: only we can reach the control socket
+CON=$WORK/console.log
+SUM=$WORK/hbwatch.json
+API=$WORK/vm.sock
+VM_PID=
+WATCH_PID=
+FAILED=
+T_START=$(date +%s.%N)
+calc() { awk "BEGIN { printf \"%.3f\", $* }"; } # no bc on a fresh Debian
+
+if [ -t 1 ]; then B=$'\e[1m' G=$'\e[32m' R=$'\e[31m' D=$'\e[2m' N=$'\e[0m'; else B='' G='' R='' D='' N=''; fi
+STEP_NO=0
+header() { STEP_NO=$((STEP_NO + 1)); printf '\n%s== %d. %s%s\n' "$B" "$STEP_NO" "$1" "$N"; }
+say() { printf '   %s\n' "$*"; }
+ok() { printf '   %sok%s  %s\n' "$G" "$N" "$*"; }
+shown() { printf '   %s$ %s%s\n' "$D" "$*" "$N"; } # a command the user could type
+guest() { sed 's/^/   guest| /'; }                  # console lines, indented
+fail() {
+	printf '   %sFAIL%s %s\n' "$R" "$N" "$*"
+	FAILED=${FAILED:-$*}
+	return 1
+}
+
+cleanup() {
+	[ -n "$VM_PID" ] && kill -9 "$VM_PID" 2>/dev/null
+	[ -n "$WATCH_PID" ] && kill "$WATCH_PID" 2>/dev/null
+	wait 2>/dev/null
+	if [ -z "$FAILED" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# --- helpers ---------------------------------------------------------------------------------
+con_size() { stat -c %s "$CON"; }
+# Heartbeat tokens in the console log from byte offset $1 on (text lines start upper-case).
+heartbeats_since() { tail -c +"$(($1 + 1))" "$CON" | grep -aE '^[a-p]+$' | tr -d '\n' | wc -c; }
+# Text lines of the console from offset $1 matching the regex $2.
+lines_since() { tail -c +"$(($1 + 1))" "$CON" | grep -aE "$2"; }
+# wait_for STR COUNT TIMEOUT OFFSET: wait for COUNT console lines containing STR.
+wait_for() {
+	"$HBWATCH" -w "$CON" -F "$1" -n "$2" -t "$3" -o "${4:-0}" -f PANIC -f 'VERIFY FAIL' >/dev/null
+}
+ctl() { "$VMSNAP" ctl --timeout 10000 "$API" "$@"; }
+# Show a ctl command and its reply; fail the step if it fails.
+ctl_shown() {
+	shown "vmsnap ctl \$SOCK $*"
+	local out
+	out=$(ctl "$@" 2>&1) || { printf '%s\n' "$out" | sed 's/^/     /'; fail "vmsnap ctl $*"; return 1; }
+	printf '%s\n' "$out" | sed 's/^/     /'
+}
+# New hbwatch measurement window (SIGUSR2) and, later, its summary as JSON (SIGUSR1).
+hb_window() { kill -USR2 "$WATCH_PID"; sleep 0.05; }
+hb_summary() {
+	rm -f "$SUM"
+	kill -USR1 "$WATCH_PID" || return 1
+	for _ in $(seq 50); do [ -s "$SUM" ] && return 0; sleep 0.02; done
+	return 1
+}
+# hb_field KEY: a field of the last summary (python3 is installed by deps.sh).
+hb_field() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$SUM" "$1"; }
+hb_report() { # one readable line about the last summary
+	python3 - "$SUM" <<-'EOF'
+		import json, sys
+		s = json.load(open(sys.argv[1]))
+		per = ", ".join("cpu%d %d" % (c["cpu"], c["heartbeats"]) for c in s["cpus"])
+		rate = s["heartbeats"] / s["window_s"] / max(len(s["cpus"]), 1) if s["window_s"] else 0
+		print("heartbeats: %d in %.2f s (%s), %.0f/s per vCPU; largest gap %.1f ms, "
+		      "gaps over 10 ms: %d" % (s["heartbeats"], s["window_s"], per, rate,
+		      s["max_gap_ms"], s["gaps_over_10ms"]))
+	EOF
+}
+
+# --- steps -----------------------------------------------------------------------------------
+step_preflight() {
+	header "check the machine"
+	# shellcheck disable=SC1091
+	if [ -r /etc/os-release ]; then say "$(. /etc/os-release && echo "$PRETTY_NAME"), $(nproc) CPUs, kernel $(uname -r)"; fi
+	command -v apt-get >/dev/null || say "no apt-get: install the packages of scripts/deps.sh by hand"
+	if [ ! -c /dev/kvm ]; then
+		fail "/dev/kvm does not exist: vmsnap needs KVM (load kvm_intel/kvm_amd, or enable nested virtualization)"
+		return 1
+	fi
+	if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
+		fail "/dev/kvm is not usable by $(id -un): run as root or join the 'kvm' group"
+		return 1
+	fi
+	ok "/dev/kvm is usable"
+}
+
+step_deps() {
+	header "install build dependencies (scripts/deps.sh)"
+	shown scripts/deps.sh
+	scripts/deps.sh 2>&1 | sed 's/^/     /'
+	[ "${PIPESTATUS[0]}" -eq 0 ] || { fail "scripts/deps.sh"; return 1; }
+	ok "dependencies present"
+}
+
+step_build() {
+	header "build (release, into build/)"
+	local t0 jobs
+	t0=$(date +%s.%N)
+	jobs=$(nproc)
+	shown "cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo && cmake --build build -j$jobs"
+	if ! cmake -S . -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >"$WORK/configure.log" 2>&1; then
+		tail -20 "$WORK/configure.log"
+		fail "cmake configure (log: $WORK/configure.log)"
+		return 1
+	fi
+	if ! cmake --build "$BUILD" -j"$jobs" >"$WORK/build.log" 2>&1; then
+		tail -30 "$WORK/build.log"
+		fail "build (log: $WORK/build.log)"
+		return 1
+	fi
+	ok "built in $(printf '%.0f' "$(calc "$(date +%s.%N) - $t0")") s: build/vmsnap, build/tests/guest/guest.elf, build/tests/hbwatch"
+}
+
+step_boot() {
+	header "boot the test guest: $CPUS vCPUs, $MEM, memory dirtier with verify every 500 ms"
+	local f
+	for f in "$VMSNAP" "$GUEST" "$HBWATCH"; do
+		[ -x "$f" ] || [ -f "$f" ] || { fail "$f is missing (build first)"; return 1; }
+	done
+	shown "vmsnap run --kernel build/tests/guest/guest.elf --cpus $CPUS --mem $MEM \\"
+	shown "    --cmdline '$GUEST_CMDLINE' --api \$SOCK | hbwatch -l console.log -j -s hbwatch.json"
+	: >"$CON"
+	mkfifo "$WORK/con.fifo"
+	"$HBWATCH" -l "$CON" -j -s "$SUM" <"$WORK/con.fifo" >/dev/null 2>&1 &
+	WATCH_PID=$!
+	( "$VMSNAP" run --kernel "$GUEST" --cpus "$CPUS" --mem "$MEM" --cmdline "$GUEST_CMDLINE" \
+		--api "$API" >"$WORK/con.fifo" 2>"$WORK/vmsnap.err" </dev/null
+	  echo "$?" >"$WORK/vm.status" ) &
+	VM_PID=$!
+	if ! wait_for READY 1 20; then
+		cat "$WORK/vmsnap.err"
+		fail "the guest did not print READY within 20 s"
+		return 1
+	fi
+	lines_since 0 '^(BOOT|READY)' | guest
+	ok "guest is up: all $CPUS vCPUs in ring 3"
+	local off
+	off=$(con_size)
+	hb_window
+	wait_for "VERIFY OK" 2 10 "$off" || { fail "no VERIFY OK after boot"; return 1; }
+	sleep 0.1
+	lines_since "$off" '^(STATUS|VERIFY)' | guest
+	hb_summary || { fail "no heartbeat summary from hbwatch"; return 1; }
+	say "$(hb_report)"
+	[ "$(hb_field heartbeats)" -gt 0 ] || { fail "no heartbeats"; return 1; }
+	ok "heartbeats flowing, memory verified"
+}
+
+step_pause() {
+	header "pause through the control socket (for $PAUSE_S s)"
+	hb_window
+	T_PAUSE=$(date +%s.%N)
+	ctl_shown pause || return 1
+	ctl_shown status || return 1
+	ctl status | grep -q 'state: paused' || { fail "status does not say paused"; return 1; }
+	sleep 0.2 # bytes already in the pipe drain
+	local off n
+	off=$(con_size)
+	sleep "$(calc "$PAUSE_S - 0.2")"
+	n=$(heartbeats_since "$off")
+	say "heartbeats in the last $(printf '%.1f' "$(calc "$PAUSE_S - 0.2")") s: $n"
+	[ "$n" -eq 0 ] || { fail "$n heartbeats arrived while paused"; return 1; }
+	ok "paused: no heartbeats"
+}
+
+step_resume() {
+	header "resume"
+	local off n gap held
+	off=$(con_size)
+	ctl_shown resume || return 1
+	held=$(calc "($(date +%s.%N) - $T_PAUSE) * 1000")
+	wait_for "VERIFY OK" 2 10 "$off" || { fail "no VERIFY OK after resume"; return 1; }
+	lines_since "$off" '^(STATUS|VERIFY)' | guest
+	n=$(heartbeats_since "$off")
+	say "heartbeats since resume: $n"
+	[ "$n" -gt 100 ] || { fail "only $n heartbeats after resume"; return 1; }
+	hb_summary || { fail "no heartbeat summary from hbwatch"; return 1; }
+	gap=$(hb_field max_gap_ms)
+	say "hbwatch: largest heartbeat gap since just before pause: $(printf '%.0f' "$gap") ms" \
+		"(pause to resume, seen by this script: $(printf '%.0f' "$held") ms)"
+	python3 -c "import sys; sys.exit(0 if float('$gap') >= 1000 * ($PAUSE_S - 0.2) else 1)" ||
+		{ fail "the pause does not show as a heartbeat gap ($gap ms)"; return 1; }
+	ok "running again, memory still verifies"
+}
+
+step_quit() {
+	header "quit through the control socket"
+	ctl_shown quit || return 1
+	local i=0 st
+	while kill -0 "$VM_PID" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	if kill -0 "$VM_PID" 2>/dev/null; then fail "vmsnap did not exit within 10 s"; return 1; fi
+	wait "$VM_PID" 2>/dev/null
+	VM_PID=
+	wait "$WATCH_PID" 2>/dev/null
+	WATCH_PID=
+	st=$(cat "$WORK/vm.status" 2>/dev/null || echo unknown)
+	say "vmsnap run exit status: $st"
+	[ "$st" = 0 ] || { cat "$WORK/vmsnap.err"; fail "vmsnap exited with status $st"; return 1; }
+	if grep -aqE '^(VERIFY FAIL|PANIC)' "$CON"; then
+		grep -aE '^(VERIFY FAIL|PANIC)' "$CON" | head | guest
+		fail "the console shows a verify failure or a panic"
+		return 1
+	fi
+	ok "exited 0; $(grep -ac '^VERIFY OK' "$CON") VERIFY OK, no VERIFY FAIL, no PANIC"
+}
+
+# Later issues append steps here (save, restore, clone, migrate).
+STEPS=(step_preflight)
+[ "$SETUP" -eq 1 ] && STEPS+=(step_deps step_build)
+STEPS+=(step_boot step_pause step_resume step_quit)
+
+for s in "${STEPS[@]}"; do
+	"$s" || break
+done
+
+elapsed=$(printf '%.1f' "$(calc "$(date +%s.%N) - $T_START")")
+echo
+if [ -z "$FAILED" ]; then
+	printf '%sdemo: PASS%s: %d steps in %s s: booted %d vCPUs, paused, resumed, quit with status 0\n' \
+		"$G" "$N" "$STEP_NO" "$elapsed" "$CPUS"
+	exit 0
+fi
+printf '%sdemo: FAIL%s at step %d: %s (after %s s; console log and vmsnap stderr in %s)\n' \
+	"$R" "$N" "$STEP_NO" "$FAILED" "$elapsed" "$WORK"
+exit 1
