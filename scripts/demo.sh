@@ -7,11 +7,17 @@
 #            socket; show its boot line, heartbeat statistics and VERIFY OK lines
 #   pause    through `vmsnap ctl SOCKET pause`; show that heartbeats stop and what status says
 #   resume   heartbeats continue, memory still verifies; hbwatch measures the pause as a gap
-#   quit     through the control socket; vmsnap must exit 0
+#   save     `vmsnap save` writes the running VM to an image (the guest pauses briefly); then
+#            the first VM quits (exit status 0)
+#   restore  `vmsnap restore` continues the guest from the image in a new process (memory
+#            mapped copy-on-write): heartbeats from every vCPU, memory still verifies
+#   migrate  `vmsnap migrate` moves the restored VM live to a `vmsnap receive` over loopback;
+#            the source exits 0, the guest runs on at the destination and verifies
+#   quit     through the destination's control socket; vmsnap must exit 0
 #
 # usage: scripts/demo.sh [--no-setup]     (--no-setup: skip deps and build, use build/ as is)
 # Exits 0 when every step passed, 1 otherwise (the console log is kept then). About 10 s after
-# the build. Later issues add steps (save, restore, clone, migrate): see STEPS below.
+# the build. Later issues add steps (clone, ...): see STEPS below.
 # shellcheck disable=SC2317 # steps and helpers are called indirectly (STEPS, trap)
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -21,7 +27,7 @@ SETUP=1
 case "${1:-}" in
 --no-setup) SETUP=0 ;;
 "") ;;
--h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+-h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 *) echo "demo.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
 esac
 
@@ -149,6 +155,36 @@ step_build() {
 	ok "built in $(printf '%.0f' "$(calc "$(date +%s.%N) - $t0")") s: build/vmsnap, build/tests/guest/guest.elf, build/tests/hbwatch"
 }
 
+# start_vm NAME CMD...: run a vmsnap command whose console goes through hbwatch into
+# $WORK/NAME.console; sets CON, SUM, VM_PID, WATCH_PID, VM_STATUS_FILE.
+start_vm() {
+	local name=$1
+	shift
+	CON=$WORK/$name.console
+	SUM=$WORK/$name.hbwatch.json
+	VM_STATUS_FILE=$WORK/$name.status
+	: >"$CON"
+	mkfifo "$WORK/$name.fifo"
+	"$HBWATCH" -l "$CON" -j -s "$SUM" <"$WORK/$name.fifo" >/dev/null 2>&1 &
+	WATCH_PID=$!
+	( "$@" >"$WORK/$name.fifo" 2>"$WORK/$name.err" </dev/null
+	  echo "$?" >"$VM_STATUS_FILE" ) &
+	VM_PID=$!
+}
+
+# wait_vm_exit NAME: wait up to 10 s for the VM started last to end; prints its status.
+wait_vm_exit() {
+	local i=0
+	while kill -0 "$VM_PID" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	if kill -0 "$VM_PID" 2>/dev/null; then echo timeout; return; fi
+	wait "$VM_PID" 2>/dev/null
+	VM_PID=
+	wait "$WATCH_PID" 2>/dev/null
+	WATCH_PID=
+	for _ in $(seq 50); do [ -s "$VM_STATUS_FILE" ] && break; sleep 0.1; done
+	cat "$VM_STATUS_FILE" 2>/dev/null || echo unknown
+}
+
 step_boot() {
 	header "boot the test guest: $CPUS vCPUs, $MEM, memory dirtier with verify every 500 ms"
 	local f
@@ -157,16 +193,10 @@ step_boot() {
 	done
 	shown "vmsnap run --kernel build/tests/guest/guest.elf --cpus $CPUS --mem $MEM \\"
 	shown "    --cmdline '$GUEST_CMDLINE' --api \$SOCK | hbwatch -l console.log -j -s hbwatch.json"
-	: >"$CON"
-	mkfifo "$WORK/con.fifo"
-	"$HBWATCH" -l "$CON" -j -s "$SUM" <"$WORK/con.fifo" >/dev/null 2>&1 &
-	WATCH_PID=$!
-	( "$VMSNAP" run --kernel "$GUEST" --cpus "$CPUS" --mem "$MEM" --cmdline "$GUEST_CMDLINE" \
-		--api "$API" >"$WORK/con.fifo" 2>"$WORK/vmsnap.err" </dev/null
-	  echo "$?" >"$WORK/vm.status" ) &
-	VM_PID=$!
+	start_vm boot "$VMSNAP" run --kernel "$GUEST" --cpus "$CPUS" --mem "$MEM" \
+		--cmdline "$GUEST_CMDLINE" --api "$API"
 	if ! wait_for READY 1 20; then
-		cat "$WORK/vmsnap.err"
+		cat "$WORK/boot.err"
 		fail "the guest did not print READY within 20 s"
 		return 1
 	fi
@@ -221,19 +251,13 @@ step_resume() {
 	ok "running again, memory still verifies"
 }
 
-step_quit() {
-	header "quit through the control socket"
+# quit_vm WHAT: quit the VM serving $API; it must exit 0 with no verify failure on its console.
+quit_vm() {
 	ctl_shown quit || return 1
-	local i=0 st
-	while kill -0 "$VM_PID" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-	if kill -0 "$VM_PID" 2>/dev/null; then fail "vmsnap did not exit within 10 s"; return 1; fi
-	wait "$VM_PID" 2>/dev/null
-	VM_PID=
-	wait "$WATCH_PID" 2>/dev/null
-	WATCH_PID=
-	st=$(cat "$WORK/vm.status" 2>/dev/null || echo unknown)
-	say "vmsnap run exit status: $st"
-	[ "$st" = 0 ] || { cat "$WORK/vmsnap.err"; fail "vmsnap exited with status $st"; return 1; }
+	local st
+	st=$(wait_vm_exit)
+	say "$1 exit status: $st"
+	[ "$st" = 0 ] || { cat "$WORK"/*.err; fail "$1 exited with status $st"; return 1; }
 	if grep -aqE '^(VERIFY FAIL|PANIC)' "$CON"; then
 		grep -aE '^(VERIFY FAIL|PANIC)' "$CON" | head | guest
 		fail "the console shows a verify failure or a panic"
@@ -242,10 +266,76 @@ step_quit() {
 	ok "exited 0; $(grep -ac '^VERIFY OK' "$CON") VERIFY OK, no VERIFY FAIL, no PANIC"
 }
 
+step_save() {
+	header "save the running VM to an image"
+	IMAGE=$WORK/demo.vmsnap
+	hb_window
+	shown "vmsnap save --api \$SOCK demo.vmsnap"
+	"$VMSNAP" save --api "$API" "$IMAGE" 2>&1 | tail -3 | sed 's/^/   /' ||
+		{ fail "vmsnap save failed"; return 1; }
+	[ -s "$IMAGE" ] || { fail "no image written"; return 1; }
+	hb_summary || { fail "no heartbeat summary from hbwatch"; return 1; }
+	say "guest-observed pause (largest heartbeat gap): $(printf '%.1f' "$(hb_field max_gap_ms)") ms"
+	shown "vmsnap verify demo.vmsnap"
+	"$VMSNAP" verify "$IMAGE" | sed 's/^/   /' || { fail "the image does not verify"; return 1; }
+	say "image: $(du -h --apparent-size "$IMAGE" | cut -f1) apparent, $(du -h "$IMAGE" | cut -f1) on disk (zero pages are holes)"
+	header "quit the original VM (the image keeps it)"
+	quit_vm "vmsnap run"
+}
+
+step_restore() {
+	header "restore the image in a new process (memory mapped copy-on-write)"
+	API=$WORK/restored.sock
+	shown "vmsnap restore demo.vmsnap --memory-mode mmap --api \$SOCK2"
+	start_vm restored "$VMSNAP" restore "$IMAGE" --memory-mode mmap --api "$API"
+	wait_for "VERIFY OK" 1 20 || { cat "$WORK/restored.err"; fail "no VERIFY OK after restore"; return 1; }
+	sleep 0.5
+	local c n
+	for c in $(seq 0 $((CPUS - 1))); do
+		n=$(grep -aE '^[a-p]+$' "$CON" | tr -cd "$(printf "\\$(printf %o $((97 + c)))")" | wc -c)
+		say "vCPU $c heartbeats since restore: $n"
+		[ "$n" -gt 0 ] || { fail "no heartbeats from vCPU $c after restore"; return 1; }
+	done
+	lines_since 0 '^(STATUS|VERIFY)' | tail -3 | guest
+	ok "the guest continued where it was saved; its memory verifies"
+}
+
+step_migrate() {
+	header "live-migrate the restored VM to a receiver on 127.0.0.1"
+	local src_pid=$VM_PID src_watch=$WATCH_PID src_status=$VM_STATUS_FILE src_api=$API src_con=$CON
+	API=$WORK/dest.sock
+	shown "vmsnap receive --listen 127.0.0.1:0 --api \$SOCK3 &"
+	start_vm dest "$VMSNAP" receive --listen 127.0.0.1:0 --port-file "$WORK/port" --api "$API"
+	local i=0
+	while [ ! -s "$WORK/port" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	[ -s "$WORK/port" ] || { cat "$WORK/dest.err"; fail "the receiver did not start"; return 1; }
+	shown "vmsnap migrate --api \$SOCK2 --to 127.0.0.1:$(cat "$WORK/port")"
+	"$VMSNAP" migrate --api "$src_api" --to "127.0.0.1:$(cat "$WORK/port")" -q --json \
+		>"$WORK/migrate.json" 2>"$WORK/migrate.err" || { cat "$WORK/migrate.err"; fail "vmsnap migrate failed"; return 1; }
+	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("   " + ", ".join(f"{k}={d[k]}" for k in ("elapsed_ms", "round", "downtime_ms", "downtime_target_ms", "bytes_sent", "transport") if k in d))' "$WORK/migrate.json"
+	wait_for "VERIFY OK" 1 20 || { cat "$WORK/dest.err"; fail "no VERIFY OK at the destination"; return 1; }
+	ok "the guest runs at the destination and verifies"
+	# The source ends by itself once the destination confirmed.
+	i=0
+	while kill -0 "$src_pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+	wait "$src_watch" 2>/dev/null
+	local st
+	st=$(cat "$src_status" 2>/dev/null || echo unknown)
+	say "source vmsnap exit status: $st"
+	[ "$st" = 0 ] || { cat "$WORK/restored.err"; fail "the source exited with status $st"; return 1; }
+	grep -aqE '^(VERIFY FAIL|PANIC)' "$src_con" && { fail "the source's console shows a failure"; return 1; }
+	ok "source exited 0 after the handover"
+}
+
+step_quit() {
+	header "quit the migrated VM through its control socket"
+	quit_vm "vmsnap receive"
+}
+
 # Later issues append steps here (save, restore, clone, migrate).
 STEPS=(step_preflight)
 [ "$SETUP" -eq 1 ] && STEPS+=(step_deps step_build)
-STEPS+=(step_boot step_pause step_resume step_quit)
+STEPS+=(step_boot step_pause step_resume step_save step_restore step_migrate step_quit)
 
 for s in "${STEPS[@]}"; do
 	"$s" || break
@@ -254,7 +344,7 @@ done
 elapsed=$(printf '%.1f' "$(calc "$(date +%s.%N) - $T_START")")
 echo
 if [ -z "$FAILED" ]; then
-	printf '%sdemo: PASS%s: %d steps in %s s: booted %d vCPUs, paused, resumed, quit with status 0\n' \
+	printf '%sdemo: PASS%s: %d steps in %s s: booted %d vCPUs, paused, resumed, saved, restored, migrated, quit with status 0\n' \
 		"$G" "$N" "$STEP_NO" "$elapsed" "$CPUS"
 	exit 0
 fi

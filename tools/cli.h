@@ -28,6 +28,13 @@ int cmd_receive(int argc, char **argv);
 struct vm;
 int cli_run_vm(struct vm *vm);
 
+/**
+ * Register the control-socket commands every VM serves besides the core ones (snapshot/'s
+ * save, migrate/'s migrate, migrate-status, migrate-cancel). Logs and returns -errno on
+ * failure. The caller calls mig_api_shutdown() after cli_run_vm().
+ */
+int cli_vm_commands(struct vm *vm);
+
 /** Print "vmsnap NAME: msg" for a usage error and return EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -112,10 +112,8 @@ int cmd_receive(int argc, char **argv)
 	if (mig_receive(&o, &rx, &st))
 		return EXIT_FAIL;
 	struct vm *vm = mig_receive_vm(rx);
-	int r = 0;
-	if (o.api_path && ((r = snap_api_register(vm)) || (r = mig_api_register(vm)))) {
+	if (o.api_path && cli_vm_commands(vm)) {
 		/* The source resumes its guest when we do not confirm. */
-		log_err("cannot register control-socket commands: %s", strerror(-r));
 		mig_receive_free(rx);
 		return EXIT_FAIL;
 	}
@@ -124,7 +122,8 @@ int cmd_receive(int argc, char **argv)
 		"guest\n",
 		(double)st.bytes / (1 << 20), (double)st.total_us / 1e3, st.transport, st.rounds,
 		(unsigned long long)st.pages);
-	if ((r = mig_receive_confirm(rx))) {
+	int r = mig_receive_confirm(rx);
+	if (r) {
 		log_err("cannot start the confirmation thread: %s", strerror(-r));
 		mig_receive_free(rx);
 		return EXIT_FAIL;

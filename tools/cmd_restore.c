@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "migrate/migrate.h"
 #include "snapshot/snapshot.h"
 #include "tools/cli.h"
 #include "util/log.h"
@@ -79,9 +80,7 @@ int cmd_restore(int argc, char **argv)
 	if (snap_restore(&ro, &sr, &st))
 		return EXIT_FAIL; /* logged, one line */
 	struct vm *vm = snap_restore_vm(sr);
-	int r;
-	if (ro.api_path && (r = snap_api_register(vm))) {
-		log_err("cannot register the snapshot commands: %s", strerror(-r));
+	if (ro.api_path && cli_vm_commands(vm)) {
 		snap_restore_free(sr);
 		return EXIT_FAIL;
 	}
@@ -90,6 +89,7 @@ int cmd_restore(int argc, char **argv)
 		 ro.path, st.total_us / 1000.0, st.open_us / 1000.0, st.create_us / 1000.0,
 		 st.memory_us / 1000.0, st.mmap ? "mmap" : "eager", st.state_us / 1000.0);
 	int status = cli_run_vm(vm);
+	mig_api_shutdown(vm);
 	snap_restore_free(sr);
 	return status;
 }

@@ -100,13 +100,7 @@ int cmd_run(int argc, char **argv)
 	int r = vm_create(&cfg, &vm);
 	if (r)
 		return EXIT_FAIL;
-	if (cfg.api_path && (r = snap_api_register(vm))) {
-		log_err("cannot register the snapshot commands: %s", strerror(-r));
-		vm_destroy(vm);
-		return EXIT_FAIL;
-	}
-	if (cfg.api_path && (r = mig_api_register(vm))) {
-		log_err("cannot register the migration commands: %s", strerror(-r));
+	if (cfg.api_path && cli_vm_commands(vm)) {
 		vm_destroy(vm);
 		return EXIT_FAIL;
 	}
@@ -114,6 +108,16 @@ int cmd_run(int argc, char **argv)
 	mig_api_shutdown(vm);
 	vm_destroy(vm);
 	return status;
+}
+
+int cli_vm_commands(struct vm *vm)
+{
+	int r = snap_api_register(vm);
+	if (!r)
+		r = mig_api_register(vm);
+	if (r)
+		log_err("cannot register the control-socket commands: %s", strerror(-r));
+	return r;
 }
 
 int cli_run_vm(struct vm *vm)
