@@ -176,8 +176,10 @@ void mig_put_run(struct enc *e, uint32_t round, const struct img_run *r, const v
 	img_frame_encode(frame, &f);
 	struct enc re;
 	uint8_t rb[IMG_RUN_SIZE];
+	struct img_run sr = *r;
+	sr.offset = 0; /* a stream has no file offsets; the bytes follow the run */
 	enc_init(&re);
-	img_run_encode(&re, r);
+	img_run_encode(&re, &sr);
 	memcpy(rb, re.buf, IMG_RUN_SIZE);
 	enc_free(&re);
 	enc_bytes(e, frame, sizeof(frame));

@@ -151,6 +151,7 @@ static void test_runs(void **state)
 	(void)state;
 	uint8_t *src = calloc(PAGES, IMG_PAGE_SIZE), *ram = calloc(PAGES, IMG_PAGE_SIZE);
 	uint8_t *scratch = malloc(img_lz4_bound(8));
+	struct img_run r = { 0 };
 	for (size_t i = 0; i < 4 * IMG_PAGE_SIZE; i++)
 		src[i] = (uint8_t)(i % 13);
 	for (size_t i = 4 * IMG_PAGE_SIZE; i < 8 * IMG_PAGE_SIZE; i++)
@@ -159,7 +160,6 @@ static void test_runs(void **state)
 	struct enc e;
 	enc_init(&e);
 	const void *stored;
-	struct img_run r;
 	img_pack_run(src, 4, true, scratch, &r, &stored);
 	assert_int_equal(r.kind, IMG_RUN_LZ4);
 	r.page = 0;
@@ -192,9 +192,9 @@ static void test_runs(void **state)
 	assert_int_equal(mig_read_record(&rd, &rec, err, sizeof(err)), 0);
 	assert_int_equal(mig_run_apply(&rec, ram, PAGES, false, &r, err, sizeof(err)), -EBADMSG);
 	assert_non_null(strstr(err, "CRC"));
-	mig_reader_free(&rd);
 	/* A run outside RAM is refused. */
 	assert_int_equal(mig_run_apply(&rec, ram, 2, false, &r, err, sizeof(err)), -EBADMSG);
+	mig_reader_free(&rd);
 	enc_free(&e);
 	free(src);
 	free(ram);
