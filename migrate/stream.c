@@ -111,7 +111,7 @@ int mig_read_record(struct mig_reader *rd, struct mig_record *rec, char *err, si
 		rd->buf = nb;
 		rd->cap = cap;
 	}
-	if ((r = rd->read(rd->arg, rd->buf, (size_t)rec->f.length)) ||
+	if ((rec->f.length && (r = rd->read(rd->arg, rd->buf, (size_t)rec->f.length))) ||
 	    (r = rd->read(rd->arg, crcb, sizeof(crcb)))) {
 		ERR("record %llu (%s): %s in its payload", (unsigned long long)rd->records, name,
 		    r == -EPIPE ? "connection closed" : strerror(-r));

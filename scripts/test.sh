@@ -68,6 +68,7 @@ if command -v clang >/dev/null; then
 			work=$(mktemp -d)
 			cp -r "tests/fuzz/corpus/$t/." "$work/" 2>/dev/null || true
 			if "$bin" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=10 \
+				-artifact_prefix="build-fuzz/$t-" \
 				"$work" >"build-fuzz/$t.log" 2>&1; then
 				echo "fuzz $t: ok ($(grep -Eo 'Done [0-9]+ runs' "build-fuzz/$t.log" | tail -1))"
 				total_pass=$((total_pass + 1))
