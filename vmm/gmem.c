@@ -79,6 +79,45 @@ int gmem_map_file(struct gmem *m, uint64_t size, int fd, uint64_t offset)
 	return 0;
 }
 
+static void set_bits(uint64_t *bm, uint64_t from, uint64_t to)
+{
+	for (uint64_t i = from; i < to;) {
+		if (i % 64 == 0 && to - i >= 64) {
+			bm[i / 64] = ~0ull;
+			i += 64;
+		} else {
+			bm[i / 64] |= 1ull << (i % 64);
+			i++;
+		}
+	}
+}
+
+int gmem_nonzero_bitmap(const struct gmem *m, uint64_t *bitmap)
+{
+	uint64_t pages = m->size / GMEM_PAGE_SIZE;
+	if (m->fd < 0) {
+		set_bits(bitmap, 0, pages);
+		return 0;
+	}
+	for (uint64_t off = 0; off < m->size;) {
+		off_t data = lseek(m->fd, (off_t)off, SEEK_DATA);
+		if (data < 0) {
+			if (errno == ENXIO)
+				return 0; /* only holes from here */
+			set_bits(bitmap, off / GMEM_PAGE_SIZE, pages); /* cannot tell: all may be data */
+			return 0;
+		}
+		off_t hole = lseek(m->fd, data, SEEK_HOLE);
+		uint64_t end = hole < 0 ? m->size : (uint64_t)hole;
+		if (end > m->size)
+			end = m->size;
+		set_bits(bitmap, (uint64_t)data / GMEM_PAGE_SIZE,
+			 (end + GMEM_PAGE_SIZE - 1) / GMEM_PAGE_SIZE);
+		off = end;
+	}
+	return 0;
+}
+
 void gmem_free(struct gmem *m)
 {
 	if (m->host)

@@ -56,6 +56,14 @@ int gmem_create(struct gmem *m, uint64_t size);
  */
 int gmem_map_file(struct gmem *m, uint64_t size, int fd, uint64_t offset);
 
+/**
+ * Set bit i of @bitmap (ceil(size / 4 KiB / 64) words, zeroed by the caller) for every RAM
+ * page i that may hold data: from the memfd's allocated ranges (SEEK_DATA/SEEK_HOLE), so RAM
+ * the guest never touched stays clear and need not be read. Without a memfd (a file mapped
+ * copy-on-write) every bit is set. Returns 0 or -errno.
+ */
+int gmem_nonzero_bitmap(const struct gmem *m, uint64_t *bitmap);
+
 /** Unmap and close what gmem_create() made. Safe on a zeroed struct. */
 void gmem_free(struct gmem *m);
 
