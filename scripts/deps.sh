@@ -9,6 +9,9 @@ PACKAGES=(
 	clang libclang-rt-14-dev            # libFuzzer and sanitizer runtimes
 	qemu-system-x86                     # the peer benchmarks compare with
 	busybox-static iproute2 acpica-tools
+	openssl                             # CLI: test certificates (migrate_*.sh)
+	# tests/integration/migrate_netns.sh needs ip netns/veth/tc (iproute2) and tc netem; the
+	# dev/CI kernel (6.18, no modules) lacks sch_netem, so it falls back to tbf + a python wire
 	python3
 )
 
