@@ -7,8 +7,10 @@
 
 #include <cpuid.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <lz4.h>
 #include <openssl/evp.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -689,8 +691,13 @@ struct img_writer {
 	uint64_t progress_next; /* page at which to report next */
 	struct w_io *io;	/* writes of guest memory, off the hashing thread */
 	bool defer_hash;	/* hash from the file at finish (img_writer_defer_hash) */
+	const uint64_t *nonzero_hint; /* img_write_opts.nonzero_hint during img_write_memory */
 	struct w_range { uint64_t off, len; } *hr; /* deferred: byte ranges to hash, in order */
 	size_t nhr, hr_cap;
+	/* In-place memory (img_write_memory_begin): the payload's file offset, pages written. */
+	bool live_open;
+	uint64_t live_base;
+	uint64_t *live_written;
 };
 
 /*
@@ -732,6 +739,10 @@ static void *w_io_thread(void *arg)
 		io->busy = true;
 		pthread_mutex_unlock(&io->lock);
 		int err = pwrite_all(io->fd, j.src, j.len, j.off);
+		/* Start writeback now: the disk works while the rest is written and hashed, and
+		 * the caller's fsync finds less to do. Advisory: its failure is the fsync's. */
+		if (!err)
+			sync_file_range(io->fd, (off_t)j.off, (off_t)j.len, SYNC_FILE_RANGE_WRITE);
 		pthread_mutex_lock(&io->lock);
 		io->busy = false;
 		if (err && !io->err) {
@@ -989,6 +1000,7 @@ void img_writer_free(struct img_writer *w)
 	free(w->buf);
 	free(w->idx);
 	free(w->hr);
+	free(w->live_written);
 	free(w);
 }
 
@@ -999,7 +1011,7 @@ int img_write_section(struct img_writer *w, uint32_t id, uint16_t version, uint1
 
 	if (w->err)
 		return w->err;
-	if (w->finished || type == IMG_SEC_PAD || type == IMG_SEC_MEM_MAP ||
+	if (w->finished || w->live_open || type == IMG_SEC_PAD || type == IMG_SEC_MEM_MAP ||
 	    type == IMG_SEC_MEM_DATA || type == IMG_SEC_INDEX || (flags & ~IMG_SEC_REQUIRED) ||
 	    (len && !payload))
 		return img_fail(-EINVAL, "image: cannot write section '%s' (id 0x%08x) here",
@@ -1115,6 +1127,33 @@ static int pending_flush(struct img_writer *w, struct pending *pw)
 	return w->err;
 }
 
+/* How far a hint span may run from @q: unbounded (32-bit) for clear bits, @max for set. */
+static uint64_t set_limit(const uint64_t *hint, uint64_t q, uint64_t max)
+{
+	return bit_set(hint, q) ? max : UINT32_MAX;
+}
+
+/*
+ * Pages from @q (< @end) that are all zero or all not, at most @run_pages of data; *@zero
+ * tells which. Pages whose @hint bit is clear are zero without being read (RAM the guest never
+ * touched: reading it would make the host allocate it).
+ */
+static uint32_t scan_hinted(const uint64_t *hint, const uint8_t *src, uint64_t q, uint64_t end,
+			    uint32_t run_pages, bool *zero)
+{
+	uint64_t max = end - q < run_pages ? end - q : run_pages;
+	if (hint) {
+		bool set;
+		uint64_t n = dirty_span(hint, q, end, set_limit(hint, q, max), &set);
+		if (!set) {
+			*zero = true;
+			return (uint32_t)n;
+		}
+		max = n;
+	}
+	return (uint32_t)img_scan_pages(src, max, zero);
+}
+
 static int write_memory_linear(struct img_writer *w, const uint8_t *ram, uint64_t pages,
 			       const uint64_t *dirty, uint32_t run_pages, struct map_builder *m)
 {
@@ -1152,8 +1191,7 @@ static int write_memory_linear(struct img_writer *w, const uint8_t *ram, uint64_
 		}
 		for (uint64_t q = p, end = p + n; q < end && !w->err;) {
 			const uint8_t *src = ram + q * IMG_PAGE_SIZE;
-			uint64_t max = end - q < run_pages ? end - q : run_pages;
-			uint32_t k = (uint32_t)img_scan_pages(src, max, &zero);
+			uint32_t k = scan_hinted(w->nonzero_hint, src, q, end, run_pages, &zero);
 			struct img_run r = { .page = q, .npages = k, .kind = IMG_RUN_ZERO };
 			if (zero) {
 				w->st.pages_zero += k;
@@ -1205,8 +1243,7 @@ static int write_memory_packed(struct img_writer *w, const uint8_t *ram, uint64_
 		}
 		for (uint64_t q = p, end = p + n; q < end && !w->err;) {
 			const uint8_t *src = ram + q * IMG_PAGE_SIZE;
-			uint64_t max = end - q < run_pages ? end - q : run_pages;
-			uint32_t k = (uint32_t)img_scan_pages(src, max, &zero);
+			uint32_t k = scan_hinted(w->nonzero_hint, src, q, end, run_pages, &zero);
 			struct img_run r = { .page = q, .npages = k, .kind = IMG_RUN_ZERO };
 			if (zero) {
 				w->st.pages_zero += k;
@@ -1253,12 +1290,38 @@ static int write_memory_packed(struct img_writer *w, const uint8_t *ram, uint64_
 	return w->err;
 }
 
+/* The memory.map section from a finished map builder: head then runs, without another copy. */
+static int w_map_section(struct img_writer *w, struct map_builder *m, uint64_t pages, bool linear)
+{
+	uint8_t head[MAP_HEAD];
+	if (!w->err && m->enc.err)
+		w->err = m->enc.err;
+	if (w->err)
+		return w->err;
+	struct img_frame f = { IMG_SEC_ID(IMG_SEC_MEM_MAP, 0), 1, IMG_SEC_REQUIRED,
+			       MAP_HEAD + m->enc.len };
+	uint8_t fb[IMG_FRAME_SIZE], cb[4];
+	uint64_t at = w->off;
+	put32(head, IMG_PAGE_SIZE);
+	put32(head + 4, linear ? MAP_LINEAR : 0);
+	put64(head + 8, pages);
+	put64(head + 16, m->nruns);
+	img_frame_encode(fb, &f);
+	put32(cb, crc32c(img_frame_crc(fb, head, MAP_HEAD), m->enc.buf, m->enc.len));
+	w_append(w, fb, sizeof(fb));
+	w_append(w, head, sizeof(head));
+	w_append(w, m->enc.buf, m->enc.len);
+	w_append(w, cb, sizeof(cb));
+	if (!w->err)
+		w_index_add(w, &f, at);
+	return w->err;
+}
+
 int img_write_memory(struct img_writer *w, const void *ram, uint64_t size,
 		     const uint64_t *dirty, const struct img_write_opts *opts)
 {
 	struct img_write_opts o = opts ? *opts : (struct img_write_opts){ 0 };
 	struct map_builder m = { 0 };
-	uint8_t head[MAP_HEAD];
 	uint64_t pages = size / IMG_PAGE_SIZE;
 
 	if (w->err)
@@ -1276,6 +1339,7 @@ int img_write_memory(struct img_writer *w, const void *ram, uint64_t size,
 	w->st.pages_total = pages;
 	w->progress = o.progress;
 	w->progress_arg = o.progress_arg;
+	w->nonzero_hint = o.nonzero_hint;
 	w->progress_next = PROGRESS_PAGES;
 	enc_init(&m.enc);
 	if (o.compress)
@@ -1292,25 +1356,196 @@ int img_write_memory(struct img_writer *w, const void *ram, uint64_t size,
 		w->progress(w->progress_arg, pages, pages);
 	if (!w->err && m.enc.err)
 		w->err = m.enc.err;
-	if (!w->err) {
-		/* Map payload: head then runs, written as one section without another copy. */
-		struct img_frame f = { IMG_SEC_ID(IMG_SEC_MEM_MAP, 0), 1, IMG_SEC_REQUIRED,
-				       MAP_HEAD + m.enc.len };
-		uint8_t fb[IMG_FRAME_SIZE], cb[4];
-		uint64_t at = w->off;
-		put32(head, IMG_PAGE_SIZE);
-		put32(head + 4, o.compress ? 0 : MAP_LINEAR);
-		put64(head + 8, pages);
-		put64(head + 16, m.nruns);
-		img_frame_encode(fb, &f);
-		put32(cb, crc32c(img_frame_crc(fb, head, MAP_HEAD), m.enc.buf, m.enc.len));
-		w_append(w, fb, sizeof(fb));
-		w_append(w, head, sizeof(head));
-		w_append(w, m.enc.buf, m.enc.len);
-		w_append(w, cb, sizeof(cb));
-		if (!w->err)
-			w_index_add(w, &f, at);
+	w_map_section(w, &m, pages, !o.compress);
+	enc_free(&m.enc);
+	return w->err;
+}
+
+/* ---- In-place linear memory (live saves) ------------------------------------------------ */
+
+int img_write_memory_begin(struct img_writer *w)
+{
+	uint64_t pages = w->ram_size / IMG_PAGE_SIZE;
+
+	if (w->err)
+		return w->err;
+	if (w->mem_done || w->finished)
+		return img_fail(-EINVAL, "image: memory must be written once");
+	w->live_written = calloc((pages + 63) / 64, sizeof(uint64_t));
+	if (!w->live_written)
+		return w->err = -ENOMEM;
+	w->mem_done = true;
+	/* The same pad + frame as write_memory_linear: the payload starts page-aligned. */
+	if ((w->off + IMG_FRAME_SIZE) % IMG_PAGE_SIZE) {
+		uint64_t pad = (IMG_PAGE_SIZE - (w->off + 2 * IMG_FRAME_SIZE + IMG_CRC_SIZE) %
+							IMG_PAGE_SIZE) %
+			       IMG_PAGE_SIZE;
+		static const uint8_t zeros[IMG_PAGE_SIZE];
+		w_section(w, IMG_SEC_ID(IMG_SEC_PAD, 0), 1, 0, zeros, pad);
 	}
+	struct img_frame f = { IMG_SEC_ID(IMG_SEC_MEM_DATA, 0), 1,
+			       IMG_SEC_REQUIRED | IMG_SEC_PAYLOAD_EXTERNAL, w->ram_size };
+	uint8_t fb[IMG_FRAME_SIZE];
+	uint64_t frame_off = w->off;
+	img_frame_encode(fb, &f);
+	w_append(w, fb, sizeof(fb));
+	w_index_add(w, &f, frame_off);
+	if (w_flush(w))
+		return w->err;
+	w->live_base = frame_off + IMG_FRAME_SIZE;
+	/* Size the file now: the payload is a hole until pages land in it. */
+	if (ftruncate(w->fd, (off_t)(w->live_base + w->ram_size)) < 0)
+		return w->err = img_fail(-errno, "image: cannot size the output file: %s",
+					 strerror(errno));
+	w->live_open = true;
+	return 0;
+}
+
+/* Make file pages [page, page + n) of the payload a hole again (they hold zeros now). */
+static int w_live_zero(struct img_writer *w, uint64_t page, uint64_t n)
+{
+	static const uint8_t zeros[IMG_PAGE_SIZE];
+	uint64_t off = w->live_base + page * IMG_PAGE_SIZE;
+	if (fallocate(w->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+		      (off_t)(n * IMG_PAGE_SIZE)) == 0)
+		return 0;
+	/* No hole punching here: zeros are a valid content for a hole (SPEC §4). */
+	for (uint64_t i = 0; i < n; i++) {
+		int err = pwrite_all(w->fd, zeros, IMG_PAGE_SIZE, off + i * IMG_PAGE_SIZE);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
+int img_write_pages(struct img_writer *w, const void *src, uint64_t page, uint64_t npages)
+{
+	const uint8_t *p = src;
+	uint64_t pages = w->ram_size / IMG_PAGE_SIZE;
+
+	if (w->err)
+		return w->err;
+	if (!w->live_open || page > pages || npages > pages - page)
+		return img_fail(-EINVAL, "image: pages %llu+%llu cannot be written here",
+				(ull)page, (ull)npages);
+	for (uint64_t q = page, end = page + npages; q < end && !w->err;) {
+		bool zero;
+		uint64_t k = img_scan_pages(p + (q - page) * IMG_PAGE_SIZE,
+					    end - q < WRITE_COALESCE / IMG_PAGE_SIZE
+						? end - q
+						: WRITE_COALESCE / IMG_PAGE_SIZE,
+					    &zero);
+		if (zero) {
+			/* Only pages written before need their file bytes cleared. */
+			for (uint64_t i = q; i < q + k && !w->err; i++) {
+				if (!bit_set(w->live_written, i))
+					continue;
+				uint64_t j = i;
+				while (j < q + k && bit_set(w->live_written, j)) {
+					w->live_written[j / 64] &= ~(1ull << (j % 64));
+					j++;
+				}
+				w->err = w_live_zero(w, i, j - i);
+				i = j;
+			}
+		} else {
+			w->err = pwrite_all(w->fd, p + (q - page) * IMG_PAGE_SIZE, k * IMG_PAGE_SIZE,
+					    w->live_base + q * IMG_PAGE_SIZE);
+			w->st.bytes_written += k * IMG_PAGE_SIZE;
+			for (uint64_t i = q; i < q + k; i++)
+				w->live_written[i / 64] |= 1ull << (i % 64);
+		}
+		q += k;
+	}
+	return w->err;
+}
+
+int img_write_memory_end(struct img_writer *w, const uint64_t *present,
+			 const struct img_write_opts *opts)
+{
+	struct img_write_opts o = opts ? *opts : (struct img_write_opts){ 0 };
+	struct map_builder m = { 0 };
+	uint64_t pages = w->ram_size / IMG_PAGE_SIZE, base = w->live_base;
+	uint8_t cb[4], fb[IMG_FRAME_SIZE];
+	uint8_t *buf = NULL;
+
+	if (w->err)
+		return w->err;
+	if (!w->live_open)
+		return img_fail(-EINVAL, "image: img_write_memory_end without begin");
+	if (present && !w->has_parent)
+		return w->err = img_fail(-EINVAL,
+					 "image: incremental memory needs a parent section");
+	if (!o.run_pages)
+		o.run_pages = IMG_RUN_DEFAULT_PAGES;
+	if ((uint64_t)o.run_pages * IMG_PAGE_SIZE > IMG_RUN_MAX_BYTES)
+		return w->err = img_fail(-EINVAL, "image: runs of %u pages are too long",
+					 o.run_pages);
+	buf = malloc((size_t)o.run_pages * IMG_PAGE_SIZE);
+	if (!buf)
+		return w->err = -ENOMEM;
+	w->st.pages_total = pages;
+	w->progress = o.progress;
+	w->progress_arg = o.progress_arg;
+	w->progress_next = PROGRESS_PAGES;
+	enc_init(&m.enc);
+	/*
+	 * The payload is final: read back what was written (page cache) and describe it. Runs
+	 * split where the present/written state changes, so that only written pages are read.
+	 */
+	for (uint64_t p = 0; p < pages && !w->err;) {
+		bool in, wr;
+		uint64_t n = dirty_span(present, p, pages, o.run_pages, &in);
+		if (!in) {
+			map_emit(&m, &(struct img_run){ .page = p, .npages = (uint32_t)n,
+						       .kind = IMG_RUN_PARENT });
+			w->st.pages_parent += n;
+			p += n;
+			continue;
+		}
+		n = dirty_span(w->live_written, p, p + n, n, &wr);
+		if (!wr) {
+			map_emit(&m, &(struct img_run){ .page = p, .npages = (uint32_t)n,
+						       .kind = IMG_RUN_ZERO });
+			w->st.pages_zero += n;
+			p += n;
+			continue;
+		}
+		w->err = pread_all(w->fd, buf, n * IMG_PAGE_SIZE, base + p * IMG_PAGE_SIZE);
+		for (uint64_t q = p; q < p + n && !w->err;) {
+			bool zero;
+			const uint8_t *src = buf + (q - p) * IMG_PAGE_SIZE;
+			uint32_t k = (uint32_t)img_scan_pages(src, p + n - q, &zero);
+			struct img_run r = { .page = q, .npages = k, .kind = IMG_RUN_ZERO };
+			if (zero) {
+				w->st.pages_zero += k;
+			} else {
+				r.kind = IMG_RUN_DATA;
+				r.offset = base + q * IMG_PAGE_SIZE;
+				r.stored_len = k * IMG_PAGE_SIZE;
+				r.crc = crc32c(0, src, r.stored_len);
+				w->st.pages_data += k;
+				w_hash(w, r.offset, src, r.stored_len);
+			}
+			map_emit(&m, &r);
+			q += k;
+		}
+		p += n;
+		w_progress(w, p);
+	}
+	free(buf);
+	w->live_open = false;
+	/* The frame's crc follows the payload; then the map. */
+	img_frame_encode(fb, &(struct img_frame){ IMG_SEC_ID(IMG_SEC_MEM_DATA, 0), 1,
+						 IMG_SEC_REQUIRED | IMG_SEC_PAYLOAD_EXTERNAL,
+						 w->ram_size });
+	put32(cb, crc32c(0, fb, sizeof(fb)));
+	w->off = w->boff = base + w->ram_size;
+	w_append(w, cb, sizeof(cb));
+	map_finish(&m);
+	if (!w->err && w->progress)
+		w->progress(w->progress_arg, pages, pages);
+	w_map_section(w, &m, pages, true);
 	enc_free(&m.enc);
 	return w->err;
 }

@@ -191,6 +191,11 @@ struct img_write_opts {
 	 */
 	void (*progress)(void *arg, uint64_t pages_done, uint64_t pages_total);
 	void *progress_arg;
+	/*
+	 * Optional bitmap (bit i = RAM page i, LSB first in each u64): pages whose bit is clear
+	 * are known to be zero and are stored as ZERO runs without being read.
+	 */
+	const uint64_t *nonzero_hint;
 };
 
 struct img_write_stats {
@@ -232,6 +237,23 @@ int img_write_parent(struct img_writer *w, const uint8_t sha256[32], const char 
  */
 int img_write_memory(struct img_writer *w, const void *ram, uint64_t size,
 		     const uint64_t *dirty, const struct img_write_opts *opts);
+
+/*
+ * In-place memory, for live saves: the linear layout written while the memory still changes.
+ * img_write_memory_begin() places the memory.data section (after the sections written so
+ * far; the page-aligned payload is a hole until pages land in it). img_write_pages() then
+ * writes any pages, any number of times, at their fixed offsets (a page rewritten later
+ * replaces its earlier bytes; an all-zero page becomes a hole again). No section may be
+ * written in between. img_write_memory_end() reads the payload back (page cache), computes
+ * the runs and their CRC32Cs for the final content, hashes it, and writes the page map;
+ * with @present (bitmap as in img_write_memory) pages not in it become PARENT runs
+ * (requires img_write_parent first). Sections may follow; then img_writer_finish().
+ * The image is an ordinary linear image: nothing in the file says how it was written.
+ */
+int img_write_memory_begin(struct img_writer *w);
+int img_write_pages(struct img_writer *w, const void *src, uint64_t page, uint64_t npages);
+int img_write_memory_end(struct img_writer *w, const uint64_t *present,
+			 const struct img_write_opts *opts);
 
 /**
  * Hash the image at img_writer_finish() by reading the file back, instead of while writing.

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "formats/image.h"
@@ -52,10 +51,11 @@ static bool section_known(uint32_t id, uint16_t version, void *arg)
 	case IMG_SEC_DEVICE:
 		/* The device table is static: it does not need a VM to answer. */
 		return vm_device_known(NULL, (uint16_t)IMG_SEC_INST(id), version);
+	case IMG_SEC_PARENT:
 	case IMG_SEC_MEM_MAP:
 	case IMG_SEC_MEM_DATA:
 	case IMG_SEC_INDEX: return version == 1;
-	default: return false; /* parent (incremental restore is not supported here), unknown */
+	default: return false; /* unknown */
 	}
 }
 
@@ -276,49 +276,47 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 		 struct snap_restore_stats *st)
 {
 	struct snap_restore *sr = NULL;
-	struct img *img = NULL;
-	struct img_mem_info mi;
-	struct stat sb;
+	struct snap_chain chain;
+	struct img *img;
+	struct img_mem_info mi, bmi;
 	uint64_t t0 = snap_now_us(), t1, t2, t3;
-	int r, fd;
+	int r;
 
 	memset(st, 0, sizeof(*st));
 	*out = NULL;
-	fd = open(o->path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0) {
-		r = -errno;
-		log_err("cannot open image %s: %s", o->path, strerror(errno));
-		return r;
-	}
-	if (fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode)) {
-		log_err("%s is not a regular file", o->path);
-		close(fd);
-		return -EINVAL;
-	}
-	r = img_open(&img, fd);
+	/* The image and, for an incremental one, its parents back to a full image. */
+	r = snap_chain_open(&chain, o->path);
 	if (r)
-		goto out; /* the reader logged what and where */
+		return r; /* logged, naming the file */
+	img = chain.link[0].img;
 	const struct img_header *h = img_get_header(img);
-	if (img_get_parent(img, (uint8_t[32]){0}, &(const char *){NULL}) == 0) {
-		log_err("%s is an incremental image: this vmsnap restores only full images",
-			o->path);
-		r = -ENOTSUP;
-		goto out;
-	}
-	r = img_check_required(img, section_known, (void *)h);
+	for (size_t i = 0; i < chain.n && !r; i++)
+		r = img_check_required(chain.link[i].img, section_known,
+				       (void *)img_get_header(chain.link[i].img));
 	if (r)
 		goto out;
 	r = img_get_mem_info(img, &mi);
+	if (!r)
+		r = img_get_mem_info(chain.link[chain.n - 1].img, &bmi);
 	if (r) {
 		log_err("%s: the image has no memory", o->path);
 		r = -EBADMSG;
 		goto out;
 	}
-	bool use_mmap = o->mem_mode == SNAP_MEM_MMAP || (o->mem_mode == SNAP_MEM_AUTO && mi.linear);
-	if (use_mmap && !mi.linear) {
+	bool linear = snap_chain_linear(&chain);
+	bool use_mmap = o->mem_mode == SNAP_MEM_MMAP || (o->mem_mode == SNAP_MEM_AUTO && linear);
+	if (use_mmap && !linear) {
+		const char *which = o->path;
+		for (size_t i = 0; i < chain.n; i++) {
+			struct img_mem_info li;
+			if (!img_get_mem_info(chain.link[i].img, &li) && !li.linear) {
+				which = chain.link[i].path;
+				break;
+			}
+		}
 		log_err("%s is compressed: --memory-mode mmap needs an uncompressed image (use "
 			"--memory-mode eager, or leave the option out)",
-			o->path);
+			which);
 		r = -ENOTSUP;
 		goto out;
 	}
@@ -349,19 +347,24 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 	    .api_path = o->api_path,
 	    .restore = true,
 	    .mem_from_file = use_mmap,
-	    .mem_file_fd = fd,
-	    .mem_file_offset = mi.data_offset,
+	    /* mmap: RAM is the base image's mapping; the children go over it. */
+	    .mem_file_fd = chain.link[chain.n - 1].fd,
+	    .mem_file_offset = bmi.data_offset,
 	};
 	r = vm_create(&cfg, &sr->vm);
 	if (r)
 		goto out;
 	t2 = snap_now_us();
-	if (!use_mmap) {
-		struct gmem *mem = vm_memory(sr->vm);
-		r = img_read_memory(img, mem->host, mem->size, IMG_READ_DEST_ZEROED);
-		if (r)
-			goto out; /* logged with the page and section */
+	struct gmem *mem = vm_memory(sr->vm);
+	if (use_mmap) {
+		size_t mapped, read;
+		r = snap_chain_map_overlays(&chain, mem->host, mem->size, &mapped, &read);
+		st->overlays_read = read;
+	} else {
+		r = snap_chain_read_memory(&chain, mem->host, mem->size, true);
 	}
+	if (r)
+		goto out; /* logged with the file, page and section */
 	t3 = snap_now_us();
 	r = load_state(img, sr->vm, h->vm.vcpus);
 	if (r)
@@ -372,11 +375,11 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 	st->state_us = snap_now_us() - t3;
 	st->total_us = snap_now_us() - t0;
 	st->mmap = use_mmap;
+	st->chain = (unsigned int)chain.n;
 	*out = sr;
 	sr = NULL;
 out:
 	snap_restore_free(sr);
-	img_close(img);
-	close(fd); /* an mmap restore's mapping keeps the file */
+	snap_chain_close(&chain); /* an mmap restore's mappings keep their files */
 	return r;
 }

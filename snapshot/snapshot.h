@@ -23,6 +23,26 @@ struct vm;
 
 /* ---- save ------------------------------------------------------------------------------ */
 
+/**
+ * What a VM has written since its last tracked image (docs/SNAPSHOT.md, "Incremental"):
+ * KVM's dirty log kept on after a `save --track` (or an incremental save) plus the pages
+ * written since, and that image's SHA-256 and path. One per VM; snap_api_register() makes
+ * the control socket's. Used from one thread (the control socket's).
+ */
+struct snap_track;
+
+/** A tracker for @vm, not tracking yet. NULL when out of memory. */
+struct snap_track *snap_track_new(struct vm *vm);
+/** Stop tracking (dirty logging off) and forget the base image. */
+void snap_track_stop(struct snap_track *t);
+/** True while the VM's changes are tracked against an image (*@path, if non-NULL). */
+bool snap_track_base(const struct snap_track *t, const char **path);
+
+#define SNAP_LIVE_DEFAULT_ROUNDS    30	  /* default bound on pre-copy rounds after the full pass */
+#define SNAP_LIVE_DEFAULT_TIME_MS   60000 /* default bound on the pre-copy time */
+#define SNAP_LIVE_DEFAULT_TARGET_MS 10	  /* default expected final-round time to aim for */
+#define SNAP_LIVE_ROUND_LOG	    32	  /* rounds whose page counts a result keeps */
+
 struct snap_save_opts {
 	const char *path; /* the image to create or replace (absolute or relative to cwd) */
 	bool compress;	  /* LZ4 chunks: smaller, restore is eager only */
@@ -30,6 +50,28 @@ struct snap_save_opts {
 	/* Optional progress report while memory is written (RAM pages scanned of total). */
 	void (*progress)(void *arg, uint64_t pages_done, uint64_t pages_total);
 	void *progress_arg;
+	/*
+	 * Live save: pre-copy rounds into the image while the guest runs, the guest paused only
+	 * for the last round and the state capture. Uncompressed only. Bounds (0 = default):
+	 * max_rounds after the full pass, max_time_ms of pre-copy, pause_target_ms the expected
+	 * final round to aim for; past a bound the guest is paused anyway and a note says so.
+	 */
+	bool live;
+	uint32_t max_rounds;
+	uint64_t max_time_ms;
+	uint64_t pause_target_ms;
+	/* Optional, live: after each dirty-log sync (round, pages written by it, pages dirty). */
+	void (*round)(void *arg, uint32_t round, uint64_t pages, uint64_t dirty);
+	/*
+	 * Incremental: store only the pages written since @tracker's base image, which must be
+	 * @parent (checked by SHA-256; NULL = the base image's path). The image records the
+	 * parent's SHA-256 and path (a bare name when both are in one directory).
+	 */
+	bool incremental;
+	const char *parent;
+	/* Keep tracking after this save, with this image as the base (implied by incremental). */
+	bool track;
+	struct snap_track *tracker; /* needed for incremental and track; NULL otherwise ok */
 };
 
 struct snap_save_result {
@@ -38,8 +80,20 @@ struct snap_save_result {
 	bool was_paused;	/* the VM was paused before the save (and stays paused) */
 	uint64_t file_size;	/* apparent size */
 	uint64_t bytes_written; /* bytes written (holes excluded) */
-	uint64_t pages_total, pages_data, pages_zero, pages_lz4, lz4_bytes;
+	uint64_t pages_total, pages_data, pages_zero, pages_lz4, lz4_bytes, pages_parent;
 	uint8_t sha256[32];
+	/* live */
+	uint32_t rounds;	/* pre-copy rounds, the full pass included */
+	uint64_t precopy_pages; /* pages written while the guest ran */
+	uint64_t final_pages;	/* pages written while it was paused */
+	uint64_t precopy_us;	/* start to pause */
+	bool converged;		/* the final round fitted the pause target */
+	char note[256];		/* why not, if so */
+	uint32_t nround_pages;
+	uint64_t round_pages[SNAP_LIVE_ROUND_LOG];
+	/* incremental / tracking */
+	char parent[4096]; /* the parent reference recorded ("" for a full image) */
+	bool tracking;	   /* changes are tracked against this image now */
 };
 
 /**
@@ -50,6 +104,8 @@ struct snap_save_result {
  * temporary file is removed, an existing image at @o->path is left untouched, the VM runs
  * (as before the call) and a one-line reason is in @err. With @o->stop, on success the VM
  * stays paused and vm_request_stop(VM_EXIT_POWEROFF) is called.
+ * Live, incremental and tracked saves as documented in struct snap_save_opts; their failures
+ * leave the tracker's base as it was (a tracker started for this save only is stopped).
  * Must not run concurrently with vm_resume() by anyone else (control-socket handlers are
  * serialised; that is how the "save" command guarantees it).
  * Returns 0 or -errno.
@@ -58,9 +114,11 @@ int snap_save(struct vm *vm, const struct snap_save_opts *o, struct snap_save_re
 	      char *err, size_t errlen);
 
 /**
- * Register the control-socket command "save" (args: path, stop, compress) on @vm before
- * vm_run(). It runs on the server thread for the whole save (so nothing can resume the VM
- * meanwhile) and sends "save-progress" events to subscribers as it writes memory.
+ * Register the control-socket commands "save" (args: path, stop, compress, live,
+ * max_rounds, max_time_ms, pause_target_ms, incremental, parent, track) and "save-untrack"
+ * on @vm before vm_run(). One VM per process (the tracker is the process's). "save" runs on
+ * the server thread for the whole save (so nothing can resume the VM meanwhile) and sends
+ * "save-progress" (and, live, "save-round") events to subscribers.
  * Returns 0, -ENOTCONN without a control socket, or -errno.
  */
 int snap_api_register(struct vm *vm);
@@ -89,7 +147,9 @@ struct snap_restore_stats {
 	uint64_t memory_us; /* eager read (0 for mmap) */
 	uint64_t state_us;  /* vCPU, VM and device state */
 	uint64_t total_us;
-	bool mmap; /* memory is the image mapped copy-on-write */
+	bool mmap;	      /* memory is the image mapped copy-on-write */
+	unsigned int chain;   /* images loaded: 1 for a full image, more for a chain */
+	size_t overlays_read; /* mmap chains: children read instead of mapped (too scattered) */
 };
 
 struct snap_restore;
@@ -97,8 +157,9 @@ struct snap_restore;
 /**
  * Make a VM from the image @o->path, ready for vm_run(): open and validate it; refuse a
  * newer format, an unknown required section, a section version this build cannot read, an
- * incremental image, or a host CPU lacking features a saved vCPU uses (one line naming them)
- * before creating anything; create the VM from the image's configuration; fill memory per
+ * incremental image whose chain is incomplete or does not match, or a host CPU lacking features a
+ * saved vCPU uses (one line naming them) before creating anything; create the VM from the image's
+ * configuration; fill memory per
  * @o->mem_mode (an explicit mmap on a compressed image is refused with -ENOTSUP); load vCPU,
  * VM and device state. Errors are logged once (one line). Returns 0 and *@out, or -errno
  * (-EBADMSG corrupt image, -ENOTSUP incompatible image).
@@ -111,6 +172,26 @@ struct vm *snap_restore_vm(struct snap_restore *r);
 
 /** vm_destroy() the VM and free what the restore kept (the configuration strings). */
 void snap_restore_free(struct snap_restore *r);
+
+/* ---- merge ----------------------------------------------------------------------------- */
+
+struct snap_merge_result {
+	unsigned int chain; /* images merged */
+	uint64_t file_size, bytes_written, pages_data, pages_zero, pages_lz4;
+	uint64_t total_us;
+	uint8_t sha256[32];
+};
+
+/**
+ * Flatten the chain ending at @child into one full image at @out (temporary file, fsync,
+ * rename; @out is never left half-written): memory read from every image of the chain
+ * (CRC-checked), every other section copied from @child (its state is the newest), no
+ * parent. @compress: LZ4 memory. Errors of the chain and the image writer are logged where
+ * found; other failures (creating, syncing, renaming the file) are described in @err
+ * ("" otherwise). Returns 0 or -errno.
+ */
+int snap_merge(const char *child, const char *out, bool compress, struct snap_merge_result *res,
+	       char *err, size_t errlen);
 
 /* ---- verify ---------------------------------------------------------------------------- */
 

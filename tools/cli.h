@@ -21,6 +21,7 @@ int cmd_save(int argc, char **argv);
 int cmd_restore(int argc, char **argv);
 int cmd_inspect(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_receive(int argc, char **argv);
 

@@ -18,19 +18,34 @@
 
 static void save_usage(FILE *f)
 {
-	fprintf(f,
-		"usage: vmsnap save --api SOCKET IMAGE [--stop] [--compress] [--json]\n\n"
-		"Save the VM serving the control socket SOCKET to the file IMAGE: the VM pauses,\n"
-		"its complete state and memory are written to a temporary file next to IMAGE, the\n"
-		"guest resumes, and the file is made durable (fsync) and renamed over IMAGE. If\n"
-		"anything fails, an existing IMAGE is left as it was and the VM keeps running.\n\n"
-		"  --api SOCKET   the VM's control socket (required)\n"
-		"  --stop         suspend to disk: end the VM once IMAGE is durable\n"
-		"  --compress     LZ4-compress memory (smaller; restores read it eagerly)\n"
-		"  --json         print the result as one JSON object\n"
-		"  -h, --help     this text\n\n"
-		"Progress is shown on stderr when it is a terminal. Exit status: 0 saved, 1 not\n"
-		"saved (the reason is printed), 2 on a command-line error.\n");
+	fprintf(
+	    f,
+	    "usage: vmsnap save --api SOCKET IMAGE [--stop] [--compress] [--live [--max-rounds N]\n"
+	    "                  [--max-time S] [--pause-target-ms N]] [--track]\n"
+	    "                  [--incremental [--parent PARENT]] [--json]\n\n"
+	    "Save the VM serving the control socket SOCKET to the file IMAGE: the VM pauses,\n"
+	    "its complete state and memory are written to a temporary file next to IMAGE, the\n"
+	    "guest resumes, and the file is made durable (fsync) and renamed over IMAGE. If\n"
+	    "anything fails, an existing IMAGE is left as it was and the VM keeps running.\n\n"
+	    "  --api SOCKET        the VM's control socket (required)\n"
+	    "  --stop              suspend to disk: end the VM once IMAGE is durable\n"
+	    "  --compress          LZ4-compress memory (smaller; restores read it eagerly)\n"
+	    "  --live              write memory while the guest runs (rounds of the pages it\n"
+	    "                      dirtied), pause it only for the last round and its state\n"
+	    "  --max-rounds N      live: at most N rounds after the full pass (default 30)\n"
+	    "  --max-time S        live: at most S seconds of pre-copy (default 60); past a\n"
+	    "                      bound the guest is paused anyway and the result says so\n"
+	    "  --pause-target-ms N live: stop iterating when the last round is expected to\n"
+	    "                      take under N ms (default 10)\n"
+	    "  --track             keep tracking the pages the guest writes after this image,\n"
+	    "                      for later --incremental saves (dirty logging stays on)\n"
+	    "  --incremental       store only the pages written since the tracked image (the\n"
+	    "                      last --track or --incremental save); restores as a chain\n"
+	    "  --parent PARENT     that image, checked by SHA-256 (default: where it was saved)\n"
+	    "  --json              print the result as one JSON object\n"
+	    "  -h, --help          this text\n\n"
+	    "Progress is shown on stderr when it is a terminal. Exit status: 0 saved, 1 not\n"
+	    "saved (the reason is printed), 2 on a command-line error.\n");
 }
 
 /* A connection to the control socket reading one line at a time. */
@@ -151,6 +166,35 @@ static void print_result(const struct json_value *root)
 	json_get_string(root, "state", &state);
 	printf("saved %s (VM %s)\n", path, state);
 	printf("  pause %.1f ms, durable after %.1f ms\n", pause, total);
+	bool live = false, conv = false, tracking = false;
+	json_get_bool(root, "live", &live);
+	if (live) {
+		uint64_t rounds = 0, pre = 0, fin = 0;
+		double pre_ms = 0;
+		const char *note = NULL;
+		json_get_u64(root, "rounds", &rounds);
+		json_get_u64(root, "precopy_pages", &pre);
+		json_get_u64(root, "final_pages", &fin);
+		json_get_double(root, "precopy_ms", &pre_ms);
+		json_get_bool(root, "converged", &conv);
+		printf(
+		    "  live: %llu rounds in %.1f ms (%llu pages while running), %llu pages in the "
+		    "pause%s\n",
+		    (unsigned long long)rounds, pre_ms, (unsigned long long)pre,
+		    (unsigned long long)fin, conv ? "" : "; did not converge");
+		if (!json_get_string(root, "note", &note))
+			printf("  note: %s\n", note);
+	}
+	const char *parent = NULL;
+	if (!json_get_string(root, "parent", &parent)) {
+		uint64_t pp = 0;
+		json_get_u64(root, "pages_parent", &pp);
+		printf("  incremental: parent %s, %llu pages left to it\n", parent,
+		       (unsigned long long)pp);
+	}
+	json_get_bool(root, "tracking", &tracking);
+	if (tracking)
+		printf("  tracking the pages written since this image\n");
 	printf("  %.1f MiB written, image %.1f MiB apparent\n", wr / 1048576.0, fsz / 1048576.0);
 	printf("  pages: %llu total, %llu stored raw, %llu lz4 (%.1f MiB), %llu zero (holes)\n",
 	       (unsigned long long)pt, (unsigned long long)pd, (unsigned long long)pl,
@@ -161,12 +205,24 @@ static void print_result(const struct json_value *root)
 int cmd_save(int argc, char **argv)
 {
 	static const struct option opts[] = {
-	    {"api", required_argument, NULL, 'a'}, {"stop", no_argument, NULL, 's'},
-	    {"compress", no_argument, NULL, 'c'},  {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},	   {NULL, 0, NULL, 0},
+	    {"api", required_argument, NULL, 'a'},
+	    {"stop", no_argument, NULL, 's'},
+	    {"compress", no_argument, NULL, 'c'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"live", no_argument, NULL, 'L'},
+	    {"max-rounds", required_argument, NULL, 'R'},
+	    {"max-time", required_argument, NULL, 'T'},
+	    {"pause-target-ms", required_argument, NULL, 'P'},
+	    {"track", no_argument, NULL, 't'},
+	    {"incremental", no_argument, NULL, 'i'},
+	    {"parent", required_argument, NULL, 'p'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
-	const char *api = NULL;
-	bool stop = false, compress = false, json = false;
+	const char *api = NULL, *parent_arg = NULL;
+	bool stop = false, compress = false, json = false, live = false, track = false,
+	     incremental = false;
+	long max_rounds = -1, max_time = -1, pause_target = -1;
 	int c;
 
 	opterr = 0;
@@ -177,6 +233,24 @@ int cmd_save(int argc, char **argv)
 		case 's': stop = true; break;
 		case 'c': compress = true; break;
 		case 'j': json = true; break;
+		case 'L': live = true; break;
+		case 't': track = true; break;
+		case 'i': incremental = true; break;
+		case 'p': parent_arg = optarg; break;
+		case 'R':
+		case 'T':
+		case 'P': {
+			char *end;
+			long v = strtol(optarg, &end, 10);
+			if (*end || v < 1 || v > (c == 'R' ? 1000 : c == 'T' ? 3600 : 60000))
+				return cli_usage_error("save", "%s '%s' is not a valid number",
+						       c == 'R'	  ? "--max-rounds"
+						       : c == 'T' ? "--max-time"
+								  : "--pause-target-ms",
+						       optarg);
+			*(c == 'R' ? &max_rounds : c == 'T' ? &max_time : &pause_target) = v;
+			break;
+		}
 		case 'h': save_usage(stdout); return EXIT_OK;
 		case ':':
 			return cli_usage_error("save", "option '%s' needs a value",
@@ -190,10 +264,24 @@ int cmd_save(int argc, char **argv)
 		return cli_usage_error("save", "IMAGE is required");
 	if (argc - optind > 1)
 		return cli_usage_error("save", "unexpected argument '%s'", argv[optind + 1]);
+	if (!live && (max_rounds > 0 || max_time > 0 || pause_target > 0))
+		return cli_usage_error("save", "--max-rounds, --max-time and --pause-target-ms are "
+					       "for --live");
+	if (parent_arg && !incremental)
+		return cli_usage_error("save", "--parent is for --incremental");
+	if (live && compress)
+		return cli_usage_error("save", "--live cannot be combined with --compress");
+	char *parent = NULL;
+	if (parent_arg && !(parent = absolute_image_path(parent_arg))) {
+		fprintf(stderr, "vmsnap save: %s: directory does not exist or is not accessible\n",
+			parent_arg);
+		return EXIT_FAIL;
+	}
 	char *path = absolute_image_path(argv[optind]);
 	if (!path) {
 		fprintf(stderr, "vmsnap save: %s: directory does not exist or is not accessible\n",
 			argv[optind]);
+		free(parent);
 		return EXIT_FAIL;
 	}
 
@@ -206,6 +294,7 @@ int cmd_save(int argc, char **argv)
 	jw_init(&req, API_MAX_LINE);
 	if (!cn) {
 		free(path);
+		free(parent);
 		return EXIT_FAIL;
 	}
 	cn->fd = -1;
@@ -231,6 +320,20 @@ int cmd_save(int argc, char **argv)
 		jw_kv_bool(&req, "stop", true);
 	if (compress)
 		jw_kv_bool(&req, "compress", true);
+	if (live)
+		jw_kv_bool(&req, "live", true);
+	if (max_rounds > 0)
+		jw_kv_u64(&req, "max_rounds", (uint64_t)max_rounds);
+	if (max_time > 0)
+		jw_kv_u64(&req, "max_time_ms", (uint64_t)max_time * 1000);
+	if (pause_target > 0)
+		jw_kv_u64(&req, "pause_target_ms", (uint64_t)pause_target);
+	if (track)
+		jw_kv_bool(&req, "track", true);
+	if (incremental)
+		jw_kv_bool(&req, "incremental", true);
+	if (parent)
+		jw_kv_str(&req, "parent", parent);
 	jw_obj_end(&req);
 	if (jw_error(&req)) {
 		fprintf(stderr, "vmsnap save: image path too long\n");
@@ -267,6 +370,17 @@ int cmd_save(int argc, char **argv)
 					(unsigned int)(done * 100 / total),
 					(unsigned long long)(done >> 8),
 					(unsigned long long)(total >> 8));
+				progress_shown = true;
+			}
+			uint64_t round = 0, pages = 0, dirty = 0;
+			if (progress && !strcmp(ev, "save-round") &&
+			    !json_get_u64(doc.root, "round", &round) &&
+			    !json_get_u64(doc.root, "pages", &pages) &&
+			    !json_get_u64(doc.root, "dirty", &dirty)) {
+				fprintf(stderr,
+					"\rsaving %s: round %llu wrote %llu pages, %llu dirty   ",
+					argv[optind], (unsigned long long)round,
+					(unsigned long long)pages, (unsigned long long)dirty);
 				progress_shown = true;
 			}
 			json_doc_free(&doc);
@@ -307,5 +421,6 @@ out:
 	jw_free(&req);
 	free(cn);
 	free(path);
+	free(parent);
 	return status;
 }

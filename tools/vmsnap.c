@@ -14,6 +14,7 @@ static const struct cli_command commands[] = {
 	{ "restore", "continue a VM saved in an image file", cmd_restore },
 	{ "inspect", "describe an image file", cmd_inspect },
 	{ "verify", "check every checksum of an image file", cmd_verify },
+	{ "merge", "flatten an incremental image and its parents into one image", cmd_merge },
 	{ "migrate", "live-migrate a running VM to a 'vmsnap receive'", cmd_migrate },
 	{ "receive", "receive a live-migrated VM over TCP and run it", cmd_receive },
 };
