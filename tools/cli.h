@@ -2,6 +2,9 @@
 #ifndef VMSNAP_TOOLS_CLI_H
 #define VMSNAP_TOOLS_CLI_H
 
+#include <stdbool.h>
+#include <stdio.h>
+
 /* Exit statuses of the vmsnap command (also in README.md). */
 #define EXIT_OK 0	    /* done; for run: the guest powered off, or quit was asked */
 #define EXIT_FAIL 1	    /* an error: bad input, a host or VMM failure */
@@ -35,6 +38,13 @@ int cli_run_vm(struct vm *vm);
  * failure. The caller calls mig_api_shutdown() after cli_run_vm().
  */
 int cli_vm_commands(struct vm *vm);
+
+/**
+ * Parse "COMMAND [--json] [-h] IMAGE" for commands that read one image. Returns -1 with
+ * *@json and *@path set, or the exit status to return (help printed, or a usage error).
+ */
+int cli_image_args(const char *cmd, int argc, char **argv, void (*usage)(FILE *f), bool *json,
+		   const char **path);
 
 /** Print "vmsnap NAME: msg" for a usage error and return EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -230,28 +230,11 @@ static int print_json(struct img *img, const char *path)
 
 int cmd_inspect(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
 	bool json = false;
-	int c;
-
-	opterr = 0;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j': json = true; break;
-		case 'h': inspect_usage(stdout); return EXIT_OK;
-		default: return cli_usage_error("inspect", "unknown option '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind >= argc)
-		return cli_usage_error("inspect", "IMAGE is required");
-	if (argc - optind > 1)
-		return cli_usage_error("inspect", "unexpected argument '%s'", argv[optind + 1]);
-	const char *path = argv[optind];
+	const char *path;
+	int st = cli_image_args("inspect", argc, argv, inspect_usage, &json, &path);
+	if (st >= 0)
+		return st;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		fprintf(stderr, "vmsnap inspect: %s: cannot open: %s\n", path, strerror(errno));

@@ -26,28 +26,11 @@ static void verify_usage(FILE *f)
 
 int cmd_verify(int argc, char **argv)
 {
-	static const struct option opts[] = {
-	    {"json", no_argument, NULL, 'j'},
-	    {"help", no_argument, NULL, 'h'},
-	    {NULL, 0, NULL, 0},
-	};
 	bool json = false;
-	int c;
-
-	opterr = 0;
-	optind = 1;
-	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-		switch (c) {
-		case 'j': json = true; break;
-		case 'h': verify_usage(stdout); return EXIT_OK;
-		default: return cli_usage_error("verify", "unknown option '%s'", argv[optind - 1]);
-		}
-	}
-	if (optind >= argc)
-		return cli_usage_error("verify", "IMAGE is required");
-	if (argc - optind > 1)
-		return cli_usage_error("verify", "unexpected argument '%s'", argv[optind + 1]);
-	const char *path = argv[optind];
+	const char *path;
+	int st = cli_image_args("verify", argc, argv, verify_usage, &json, &path);
+	if (st >= 0)
+		return st;
 
 	char err[1024] = "";
 	struct snap_verify_result res;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* The vmsnap command: dispatches to one subcommand. */
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,6 +31,34 @@ int cli_usage_error(const char *cmd, const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "vmsnap %s: %s (see 'vmsnap %s --help')\n", cmd, msg, cmd);
 	return EXIT_USAGE;
+}
+
+int cli_image_args(const char *cmd, int argc, char **argv, void (*usage_fn)(FILE *f), bool *json,
+		   const char **path)
+{
+	static const struct option opts[] = {
+		{ "json", no_argument, NULL, 'j' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	int c;
+
+	*json = false;
+	opterr = 0;
+	optind = 1;
+	while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+		switch (c) {
+		case 'j': *json = true; break;
+		case 'h': usage_fn(stdout); return EXIT_OK;
+		default: return cli_usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+		}
+	}
+	if (optind >= argc)
+		return cli_usage_error(cmd, "IMAGE is required");
+	if (argc - optind > 1)
+		return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind + 1]);
+	*path = argv[optind];
+	return -1;
 }
 
 static void usage(FILE *f)

@@ -207,9 +207,10 @@ void i8042_destroy(struct i8042 *k)
 	free(k);
 }
 
-void i8042_io_data(void *opaque, uint64_t offset, uint8_t *data, unsigned int len, bool is_write)
+/* One access to port 0x60 (@cmd_port false) or 0x64 (true). */
+static void i8042_io(struct i8042 *k, bool cmd_port, uint64_t offset, uint8_t *data,
+		     unsigned int len, bool is_write)
 {
-	struct i8042 *k = opaque;
 	bool reset = false;
 
 	if (offset != 0 || len == 0) {
@@ -218,9 +219,14 @@ void i8042_io_data(void *opaque, uint64_t offset, uint8_t *data, unsigned int le
 		return;
 	}
 	lock(k);
-	if (is_write) {
+	if (is_write && cmd_port) {
+		k->status |= STS_CMD;
+		reset = do_command(k, data[0]);
+	} else if (is_write) {
 		k->status &= (uint8_t)~STS_CMD;
 		reset = do_data(k, data[0]);
+	} else if (cmd_port) {
+		data[0] = k->status | STS_UNLOCKED; /* input buffer never full */
 	} else {
 		/* With the buffer empty the chip returns its last byte again. */
 		data[0] = k->obuf;
@@ -233,28 +239,14 @@ void i8042_io_data(void *opaque, uint64_t offset, uint8_t *data, unsigned int le
 		request_reset(k);
 }
 
+void i8042_io_data(void *opaque, uint64_t offset, uint8_t *data, unsigned int len, bool is_write)
+{
+	i8042_io(opaque, false, offset, data, len, is_write);
+}
+
 void i8042_io_cmd(void *opaque, uint64_t offset, uint8_t *data, unsigned int len, bool is_write)
 {
-	struct i8042 *k = opaque;
-	bool reset = false;
-
-	if (offset != 0 || len == 0) {
-		if (!is_write)
-			memset(data, 0xff, len);
-		return;
-	}
-	lock(k);
-	if (is_write) {
-		k->status |= STS_CMD;
-		reset = do_command(k, data[0]);
-	} else {
-		data[0] = k->status | STS_UNLOCKED; /* input buffer never full */
-	}
-	unlock(k);
-	if (!is_write && len > 1)
-		memset(data + 1, 0xff, len - 1);
-	if (reset)
-		request_reset(k);
+	i8042_io(opaque, true, offset, data, len, is_write);
 }
 
 int i8042_save(const struct i8042 *k, struct enc *e)
