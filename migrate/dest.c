@@ -138,6 +138,7 @@ static int check_and_create(struct mig_receive *rx, const struct mig_hello *h,
 		.ncpus = vc->vcpus,
 		.console = o->console,
 		.api_path = o->api_path,
+		.mem_backend = o->mem_backend,
 		.cpu_template = rx->cpu_template,
 		.restore = true,
 	};

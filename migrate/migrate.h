@@ -35,6 +35,7 @@ struct mig_receive_opts {
 	const char *listen;   /* "ADDR:PORT" */
 	const char *api_path; /* control socket of the new VM, or NULL */
 	const char *console;  /* as vm_config.console */
+	const char *mem_backend; /* as vm_config.mem_backend */
 	struct mig_tls_opts tls;
 	int accept_timeout_s; /* 0: wait forever for the source */
 	int stall_timeout_s;  /* a silent source fails the receive after this (default 30) */

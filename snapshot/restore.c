@@ -345,6 +345,7 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 	    .cpu_template = sr->cpu_template,
 	    .console = o->console,
 	    .api_path = o->api_path,
+	    .mem_backend = o->mem_backend,
 	    .restore = true,
 	    .mem_from_file = use_mmap,
 	    /* mmap: RAM is the base image's mapping; the children go over it. */

@@ -139,6 +139,7 @@ struct snap_restore_opts {
 	enum snap_mem_mode mem_mode;
 	const char *console;  /* as vm_config.console */
 	const char *api_path; /* control socket of the new VM, or NULL */
+	const char *mem_backend; /* as vm_config.mem_backend (eager restores) */
 };
 
 struct snap_restore_stats {

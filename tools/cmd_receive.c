@@ -27,6 +27,7 @@ static void receive_usage(FILE *f)
 		"  --tls-ca FILE         a certificate from that CA\n"
 		"  --timeout SEC         give up if no source connects within SEC (default: wait)\n"
 		"  --port-file FILE      write the listening port to FILE once listening\n"
+		"  --mem-backend memfd|anon  guest RAM backing, as for 'vmsnap run'\n"
 		"  -v, --verbose         more log output (repeat for debug)\n"
 		"  -h, --help            this text\n\n"
 		"Exit status: as 'run' once the guest runs here; 1 when the migration fails\n"
@@ -62,6 +63,7 @@ int cmd_receive(int argc, char **argv)
 		{ "tls-ca", required_argument, NULL, 'A' },
 		{ "timeout", required_argument, NULL, 't' },
 		{ "port-file", required_argument, NULL, 'p' },
+		{ "mem-backend", required_argument, NULL, 'b' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -82,6 +84,7 @@ int cmd_receive(int argc, char **argv)
 		case 'K': o.tls.key = optarg; break;
 		case 'A': o.tls.ca = optarg; break;
 		case 'p': port_file = optarg; break;
+		case 'b': o.mem_backend = optarg; break;
 		case 'v': verbose++; break;
 		case 'h': receive_usage(stdout); return EXIT_OK;
 		case 't':

@@ -28,6 +28,7 @@ static void restore_usage(FILE *f)
 	    "                            if the file may be damaged: memory is not checked);\n"
 	    "                            eager: read and checksum all memory before running\n"
 	    "  --console stdio|FILE      guest serial console (default stdio)\n"
+	    "  --mem-backend memfd|anon  RAM backing for eager restores, as for 'vmsnap run'\n"
 	    "  -v, --verbose             print the restore timing; repeat for debug output\n"
 	    "  -h, --help                this text\n\n"
 	    "Exit status as for 'vmsnap run': 0 when the guest powers off or is told to quit,\n"
@@ -41,6 +42,7 @@ int cmd_restore(int argc, char **argv)
 	    {"api", required_argument, NULL, 'a'},
 	    {"memory-mode", required_argument, NULL, 'm'},
 	    {"console", required_argument, NULL, 'o'},
+	    {"mem-backend", required_argument, NULL, 'b'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
@@ -54,6 +56,7 @@ int cmd_restore(int argc, char **argv)
 		switch (c) {
 		case 'a': ro.api_path = optarg; break;
 		case 'o': ro.console = optarg; break;
+		case 'b': ro.mem_backend = optarg; break;
 		case 'v': verbose++; break;
 		case 'h': restore_usage(stdout); return EXIT_OK;
 		case 'm':

@@ -28,6 +28,9 @@ static void run_usage(FILE *f)
 		"  --console stdio|FILE  guest serial console (default stdio)\n"
 		"  --cpu-template NAME   host (all KVM offers, default) or baseline (hides CX16,\n"
 		"                        XSAVE, AVX and what depends on them)\n"
+		"  --mem-backend memfd|anon  guest RAM on a memfd (default: shareable, untouched\n"
+		"                        pages found without reading them) or anonymous memory\n"
+		"                        with transparent huge pages (faster to fault in)\n"
 		"  -v, --verbose         more log output (repeat for debug)\n"
 		"  -h, --help            this text\n\n"
 		"Exit status: 0 when the guest powers off or the VM is told to quit, 1 on an\n"
@@ -47,6 +50,7 @@ int cmd_run(int argc, char **argv)
 		{ "api", required_argument, NULL, 'a' },
 		{ "console", required_argument, NULL, 'o' },
 		{ "cpu-template", required_argument, NULL, 't' },
+		{ "mem-backend", required_argument, NULL, 'b' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
@@ -66,6 +70,7 @@ int cmd_run(int argc, char **argv)
 		case 'a': cfg.api_path = optarg; break;
 		case 'o': cfg.console = optarg; break;
 		case 't': cfg.cpu_template = optarg; break;
+		case 'b': cfg.mem_backend = optarg; break;
 		case 'v': verbose++; break;
 		case 'h': run_usage(stdout); return EXIT_OK;
 		case 'm':

@@ -26,13 +26,38 @@ int gmem_layout(struct gmem *m, uint64_t size)
 	return 0;
 }
 
-int gmem_create(struct gmem *m, uint64_t size)
+int gmem_backend_parse(const char *name, enum gmem_backend *out)
+{
+	if (!name || !strcmp(name, "memfd"))
+		*out = GMEM_MEMFD;
+	else if (!strcmp(name, "anon"))
+		*out = GMEM_ANON;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+int gmem_create(struct gmem *m, uint64_t size, enum gmem_backend backend)
 {
 	memset(m, 0, sizeof(*m));
 	m->fd = -1;
 	int r = gmem_layout(m, size);
 	if (r)
 		return r;
+	if (backend == GMEM_ANON) {
+		void *a = mmap(NULL, size, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+		if (a == MAP_FAILED) {
+			r = -errno;
+			log_errno("cannot map %llu bytes of guest RAM", (unsigned long long)size);
+			return r;
+		}
+		/* Advisory: without THP for madvise the RAM still works, with 4 KiB pages. */
+		if (madvise(a, size, MADV_HUGEPAGE) < 0)
+			log_debug("MADV_HUGEPAGE on guest RAM: %s", strerror(errno));
+		m->host = a;
+		return 0;
+	}
 	m->fd = memfd_create("vmsnap-ram", MFD_CLOEXEC);
 	if (m->fd < 0) {
 		r = -errno;

@@ -43,10 +43,24 @@ struct gmem {
 int gmem_layout(struct gmem *m, uint64_t size);
 
 /**
- * Create RAM: a memfd of @size bytes mapped MAP_SHARED, with the layout of gmem_layout().
+ * How RAM is backed.
+ *   GMEM_MEMFD: a memfd mapped MAP_SHARED (the default): another process can map it, and
+ *     pages the guest never touched are holes the VMM can find (SEEK_DATA) without reading.
+ *     Backed by 4 KiB pages unless the host enables THP for shmem (most do not).
+ *   GMEM_ANON: anonymous private memory with MADV_HUGEPAGE: 2 MiB pages where the host has
+ *     THP for madvise (Debian's default), which makes first touch and guest paging far
+ *     cheaper (docs/BENCHMARKS.md); not shareable, and every page counts as possibly data.
+ */
+enum gmem_backend { GMEM_MEMFD = 0, GMEM_ANON = 1 };
+
+/** "memfd" or "anon" (NULL means memfd) into @out; -EINVAL for anything else. */
+int gmem_backend_parse(const char *name, enum gmem_backend *out);
+
+/**
+ * Create RAM of @size bytes backed as @backend, with the layout of gmem_layout().
  * Returns 0 or -errno (-ENOMEM when the host cannot provide it). Release with gmem_free().
  */
-int gmem_create(struct gmem *m, uint64_t size);
+int gmem_create(struct gmem *m, uint64_t size, enum gmem_backend backend);
 
 /**
  * Map @size bytes of the file @fd from @offset (page-aligned) MAP_PRIVATE as RAM: pages are

@@ -37,6 +37,7 @@ struct vm_config {
 	const char *console;	  /* NULL or "stdio": stdin/stdout; otherwise a file to write */
 	const char *api_path;	  /* control socket path or NULL */
 	const char *cpu_template; /* "host" (default) or "baseline" */
+	const char *mem_backend;  /* "memfd" (default) or "anon" (see gmem_backend) */
 
 	/*
 	 * Restore: no kernel is loaded; the caller sets memory, vCPU, VM and device state

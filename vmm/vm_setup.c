@@ -274,6 +274,11 @@ static int check_config(const struct vm_config *cfg, enum cpu_template *tmpl)
 		return -EINVAL;
 	}
 	*tmpl = CPU_TEMPLATE_HOST;
+	enum gmem_backend b;
+	if (gmem_backend_parse(cfg->mem_backend, &b)) {
+		log_err("unknown memory backend '%s' (known: memfd, anon)", cfg->mem_backend);
+		return -EINVAL;
+	}
 	if (cfg->cpu_template && cpu_template_parse(cfg->cpu_template, tmpl)) {
 		log_err("unknown CPU template '%s' (known: host, baseline)", cfg->cpu_template);
 		return -EINVAL;
@@ -302,9 +307,11 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	uint8_t *kernel = NULL, *initrd = NULL;
 	size_t kernel_len = 0, initrd_len = 0;
 	struct kvm_cpuid2 *supported = NULL;
+	enum gmem_backend backend = GMEM_MEMFD;
 	int r = check_config(cfg, &tmpl);
 	if (r)
 		return r;
+	gmem_backend_parse(cfg->mem_backend, &backend); /* checked above */
 	r = check_host_memory(cfg->mem_size);
 	if (r)
 		return r;
@@ -383,7 +390,7 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	if (cfg->restore && cfg->mem_from_file)
 		r = gmem_map_file(&vm->mem, cfg->mem_size, cfg->mem_file_fd, cfg->mem_file_offset);
 	else
-		r = gmem_create(&vm->mem, cfg->mem_size);
+		r = gmem_create(&vm->mem, cfg->mem_size, backend);
 	if (r)
 		goto fail;
 	for (unsigned int i = 0; i < vm->mem.nregions; i++) {

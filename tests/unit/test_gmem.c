@@ -40,7 +40,7 @@ static void test_bounds(void **state)
 {
 	(void)state;
 	struct gmem m;
-	assert_int_equal(gmem_create(&m, 1ull << 20), 0);
+	assert_int_equal(gmem_create(&m, 1ull << 20, GMEM_MEMFD), 0);
 	assert_non_null(gmem_ptr(&m, 0, 1ull << 20));
 	assert_null(gmem_ptr(&m, 0, (1ull << 20) + 1));
 	assert_null(gmem_ptr(&m, (1ull << 20) - 1, 2));
@@ -53,6 +53,40 @@ static void test_bounds(void **state)
 	assert_int_equal(gmem_write(&m, (1ull << 20) - 2, &v, 4), -EFAULT);
 	gmem_free(&m);
 	gmem_free(&m); /* idempotent */
+}
+
+static void test_anon_and_bitmap(void **state)
+{
+	(void)state;
+	struct gmem m;
+	enum gmem_backend b;
+	uint64_t bm[4];
+	assert_int_equal(gmem_backend_parse("anon", &b), 0);
+	assert_int_equal(b, GMEM_ANON);
+	assert_int_equal(gmem_backend_parse(NULL, &b), 0);
+	assert_int_equal(b, GMEM_MEMFD);
+	assert_int_equal(gmem_backend_parse("hugetlb", &b), -EINVAL);
+
+	/* memfd: only the touched page shows up. */
+	assert_int_equal(gmem_create(&m, 1ull << 20, GMEM_MEMFD), 0);
+	memset(bm, 0, sizeof(bm));
+	assert_int_equal(gmem_nonzero_bitmap(&m, bm), 0);
+	assert_int_equal(bm[0] | bm[1] | bm[2] | bm[3], 0);
+	m.host[70 * 4096 + 5] = 1;
+	assert_int_equal(gmem_nonzero_bitmap(&m, bm), 0);
+	assert_int_equal(bm[1], 1ull << 6);
+	assert_int_equal(bm[0] | bm[2] | bm[3], 0);
+	gmem_free(&m);
+
+	/* anon: no holes to find, every page may hold data. */
+	assert_int_equal(gmem_create(&m, 1ull << 20, GMEM_ANON), 0);
+	assert_int_equal(m.fd, -1);
+	m.host[(1ull << 20) - 1] = 7;
+	assert_int_equal(m.host[(1ull << 20) - 1], 7);
+	memset(bm, 0, sizeof(bm));
+	assert_int_equal(gmem_nonzero_bitmap(&m, bm), 0);
+	assert_int_equal(bm[0] & bm[1] & bm[2] & bm[3], ~0ull);
+	gmem_free(&m);
 }
 
 static unsigned int hits;
@@ -94,6 +128,7 @@ int main(void)
 		cmocka_unit_test(test_layout_split),
 		cmocka_unit_test(test_bounds),
 		cmocka_unit_test(test_iobus),
+		cmocka_unit_test(test_anon_and_bitmap),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
