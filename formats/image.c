@@ -1154,12 +1154,72 @@ static uint32_t scan_hinted(const uint64_t *hint, const uint8_t *src, uint64_t q
 	return (uint32_t)img_scan_pages(src, max, zero);
 }
 
+/*
+ * Walk RAM in page order and emit its page map: PARENT runs for pages the @dirty bitmap
+ * leaves out (incremental images), ZERO runs for zero pages, and for each run of up to
+ * @run_pages non-zero pages a call to @store, which stores the bytes and completes the run
+ * (kind, offset, stored_len, crc, statistics). Stops at the writer's first error.
+ */
+typedef void (*store_run_fn)(struct img_writer *w, const uint8_t *src, struct img_run *r,
+			     void *arg);
+
+static void walk_memory(struct img_writer *w, const uint8_t *ram, uint64_t pages,
+			const uint64_t *dirty, uint32_t run_pages, struct map_builder *m,
+			store_run_fn store, void *arg)
+{
+	for (uint64_t p = 0; p < pages && !w->err;) {
+		bool set, zero;
+		uint64_t n = dirty_span(dirty, p, pages, UINT32_MAX, &set);
+		if (!set) {
+			map_emit(m, &(struct img_run){ .page = p, .npages = (uint32_t)n,
+						      .kind = IMG_RUN_PARENT });
+			w->st.pages_parent += n;
+			p += n;
+			continue;
+		}
+		for (uint64_t q = p, end = p + n; q < end && !w->err;) {
+			const uint8_t *src = ram + q * IMG_PAGE_SIZE;
+			uint32_t k = scan_hinted(w->nonzero_hint, src, q, end, run_pages, &zero);
+			struct img_run r = { .page = q, .npages = k, .kind = IMG_RUN_ZERO };
+			if (zero)
+				w->st.pages_zero += k;
+			else
+				store(w, src, &r, arg);
+			map_emit(m, &r);
+			q += k;
+			w_progress(w, q);
+		}
+		p += n;
+	}
+}
+
+/* Linear layout: page i at base + i * page size, written through the I/O thread. */
+struct linear_ctx {
+	uint64_t base;
+	struct pending pw;
+};
+
+static void store_linear(struct img_writer *w, const uint8_t *src, struct img_run *r, void *arg)
+{
+	struct linear_ctx *c = arg;
+	r->kind = IMG_RUN_DATA;
+	r->offset = c->base + r->page * IMG_PAGE_SIZE;
+	r->stored_len = r->npages * IMG_PAGE_SIZE;
+	r->crc = crc32c(0, src, r->stored_len);
+	w->st.pages_data += r->npages;
+	if (c->pw.len &&
+	    (c->pw.off + c->pw.len != r->offset || c->pw.len + r->stored_len > WRITE_COALESCE))
+		pending_flush(w, &c->pw);
+	if (!c->pw.len)
+		c->pw = (struct pending){ src, r->offset, 0 };
+	c->pw.len += r->stored_len;
+}
+
 static int write_memory_linear(struct img_writer *w, const uint8_t *ram, uint64_t pages,
 			       const uint64_t *dirty, uint32_t run_pages, struct map_builder *m)
 {
 	uint64_t size = pages * IMG_PAGE_SIZE;
 	uint8_t fb[IMG_FRAME_SIZE], cb[4];
-	struct pending pw = { 0 };
 
 	/* A PAD section so that the memory payload starts page-aligned (mmap-able). */
 	if ((w->off + IMG_FRAME_SIZE) % IMG_PAGE_SIZE) {
@@ -1179,114 +1239,69 @@ static int write_memory_linear(struct img_writer *w, const uint8_t *ram, uint64_
 	if (w_flush(w))
 		return w->err;
 
-	for (uint64_t p = 0; p < pages && !w->err;) {
-		bool set, zero;
-		uint64_t n = dirty_span(dirty, p, pages, UINT32_MAX, &set);
-		if (!set) {
-			map_emit(m, &(struct img_run){ .page = p, .npages = (uint32_t)n,
-						      .kind = IMG_RUN_PARENT });
-			w->st.pages_parent += n;
-			p += n;
-			continue;
-		}
-		for (uint64_t q = p, end = p + n; q < end && !w->err;) {
-			const uint8_t *src = ram + q * IMG_PAGE_SIZE;
-			uint32_t k = scan_hinted(w->nonzero_hint, src, q, end, run_pages, &zero);
-			struct img_run r = { .page = q, .npages = k, .kind = IMG_RUN_ZERO };
-			if (zero) {
-				w->st.pages_zero += k;
-			} else {
-				r.kind = IMG_RUN_DATA;
-				r.offset = base + q * IMG_PAGE_SIZE;
-				r.stored_len = k * IMG_PAGE_SIZE;
-				r.crc = crc32c(0, src, r.stored_len);
-				w->st.pages_data += k;
-				if (pw.len && (pw.off + pw.len != r.offset ||
-					       pw.len + r.stored_len > WRITE_COALESCE))
-					pending_flush(w, &pw);
-				if (!pw.len)
-					pw = (struct pending){ src, r.offset, 0 };
-				pw.len += r.stored_len;
-			}
-			map_emit(m, &r);
-			q += k;
-			w_progress(w, q);
-		}
-		p += n;
-	}
-	pending_flush(w, &pw);
+	struct linear_ctx c = { .base = base };
+	walk_memory(w, ram, pages, dirty, run_pages, m, store_linear, &c);
+	pending_flush(w, &c.pw);
 	/* The payload's zero runs stay holes: the next bytes land after the payload. */
 	w->off = w->boff = base + size;
 	return w_append(w, cb, sizeof(cb));
+}
+
+/* Packed layout: runs (LZ4 or raw) appended to a batch that becomes a MEM_DATA section. */
+struct packed_ctx {
+	bool compress;
+	size_t bound;
+	uint8_t *batch;
+	size_t blen;
+	uint32_t inst;
+};
+
+static void flush_batch(struct img_writer *w, struct packed_ctx *c)
+{
+	if (!c->blen || w->err)
+		return;
+	if (c->inst > 0xffff) {
+		w->err = img_fail(-EFBIG, "image: too much memory data");
+		return;
+	}
+	w_section(w, IMG_SEC_ID(IMG_SEC_MEM_DATA, c->inst++), 1,
+		  IMG_SEC_REQUIRED | IMG_SEC_PAYLOAD_EXTERNAL, c->batch, c->blen);
+	c->blen = 0;
+}
+
+static void store_packed(struct img_writer *w, const uint8_t *src, struct img_run *r, void *arg)
+{
+	struct packed_ctx *c = arg;
+	const void *stored;
+	uint64_t page = r->page;
+	img_pack_run(src, r->npages, c->compress, c->batch + c->blen, r, &stored);
+	if (stored != c->batch + c->blen)
+		memcpy(c->batch + c->blen, stored, r->stored_len);
+	r->page = page;
+	/* The batch becomes a MEM_DATA section: its frame comes first. */
+	r->offset = w->off + IMG_FRAME_SIZE + c->blen;
+	c->blen += r->stored_len;
+	if (r->kind == IMG_RUN_LZ4) {
+		w->st.pages_lz4 += r->npages;
+		w->st.lz4_bytes += r->stored_len;
+	} else {
+		w->st.pages_data += r->npages;
+	}
+	if (c->blen > BATCH_SIZE - c->bound)
+		flush_batch(w, c);
 }
 
 static int write_memory_packed(struct img_writer *w, const uint8_t *ram, uint64_t pages,
 			       const uint64_t *dirty, uint32_t run_pages, bool compress,
 			       struct map_builder *m)
 {
-	size_t bound = img_lz4_bound(run_pages);
-	uint8_t *batch = malloc(BATCH_SIZE + bound);
-	size_t blen = 0;
-	uint32_t inst = 0;
-
-	if (!batch)
+	struct packed_ctx c = { .compress = compress, .bound = img_lz4_bound(run_pages) };
+	c.batch = malloc(BATCH_SIZE + c.bound);
+	if (!c.batch)
 		return w->err = -ENOMEM;
-	for (uint64_t p = 0; p < pages && !w->err;) {
-		bool set, zero;
-		uint64_t n = dirty_span(dirty, p, pages, UINT32_MAX, &set);
-		if (!set) {
-			map_emit(m, &(struct img_run){ .page = p, .npages = (uint32_t)n,
-						      .kind = IMG_RUN_PARENT });
-			w->st.pages_parent += n;
-			p += n;
-			continue;
-		}
-		for (uint64_t q = p, end = p + n; q < end && !w->err;) {
-			const uint8_t *src = ram + q * IMG_PAGE_SIZE;
-			uint32_t k = scan_hinted(w->nonzero_hint, src, q, end, run_pages, &zero);
-			struct img_run r = { .page = q, .npages = k, .kind = IMG_RUN_ZERO };
-			if (zero) {
-				w->st.pages_zero += k;
-			} else {
-				const void *stored;
-				img_pack_run(src, k, compress, batch + blen, &r, &stored);
-				if (stored != batch + blen)
-					memcpy(batch + blen, stored, r.stored_len);
-				r.page = q;
-				/* The batch becomes a MEM_DATA section: its frame comes first. */
-				r.offset = w->off + IMG_FRAME_SIZE + blen;
-				blen += r.stored_len;
-				if (r.kind == IMG_RUN_LZ4) {
-					w->st.pages_lz4 += k;
-					w->st.lz4_bytes += r.stored_len;
-				} else {
-					w->st.pages_data += k;
-				}
-			}
-			map_emit(m, &r);
-			q += k;
-			w_progress(w, q);
-			if (blen > BATCH_SIZE - bound) {
-				if (inst > 0xffff) {
-					w->err = img_fail(-EFBIG, "image: too much memory data");
-					break;
-				}
-				w_section(w, IMG_SEC_ID(IMG_SEC_MEM_DATA, inst++), 1,
-					  IMG_SEC_REQUIRED | IMG_SEC_PAYLOAD_EXTERNAL, batch,
-					  blen);
-				blen = 0;
-			}
-		}
-		p += n;
-	}
-	if (blen && !w->err) {
-		if (inst > 0xffff)
-			w->err = img_fail(-EFBIG, "image: too much memory data");
-		else
-			w_section(w, IMG_SEC_ID(IMG_SEC_MEM_DATA, inst), 1,
-				  IMG_SEC_REQUIRED | IMG_SEC_PAYLOAD_EXTERNAL, batch, blen);
-	}
-	free(batch);
+	walk_memory(w, ram, pages, dirty, run_pages, m, store_packed, &c);
+	flush_batch(w, &c);
+	free(c.batch);
 	return w->err;
 }
 
