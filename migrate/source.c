@@ -345,38 +345,42 @@ static int send_dirty(struct mig_ctx *x, uint32_t round, uint64_t *npages)
 }
 
 /*
- * Round 0: RAM the guest never touched is a hole in the memfd. Send those ranges as ZERO runs
- * without reading them (reading would allocate host memory for nothing) and clear their bits.
- * Runs after the dirty sync, so a page written from now on is reported by the next one.
+ * Round 0: RAM the guest never touched is a hole in the memfd (gmem_nonzero_bitmap). Send
+ * those ranges as ZERO runs without reading them (reading would allocate host memory for
+ * nothing) and clear their bits. Runs after the dirty sync, so a page written from now on is
+ * reported by the next one.
  */
-static int send_holes(struct mig_ctx *x, int fd, uint64_t *npages)
+static int send_holes(struct mig_ctx *x, uint64_t *npages)
 {
-	uint64_t size = x->ram_pages * IMG_PAGE_SIZE, off = 0;
-	while (off < size) {
-		off_t data = lseek(fd, (off_t)off, SEEK_DATA);
-		uint64_t hole_end = data < 0 ? size : (uint64_t)data;
-		for (uint64_t pg = off / IMG_PAGE_SIZE; pg < hole_end / IMG_PAGE_SIZE;) {
-			uint64_t n = hole_end / IMG_PAGE_SIZE - pg;
-			if (n > (1u << 20))
-				n = 1u << 20;
-			struct img_run r = { .page = pg, .npages = (uint32_t)n, .kind = IMG_RUN_ZERO };
-			for (uint64_t i = pg; i < pg + n; i++)
-				x->bitmap[i / 64] &= ~(1ull << (i % 64));
-			mig_put_run(&x->out, 0, &r, NULL);
-			*npages += n;
-			FIG_SET({
-				src.fig.pages_sent += n;
-				src.fig.pages_zero += n;
-			});
-			pg += n;
-		}
-		if (data < 0)
-			break;
-		off_t hole = lseek(fd, data, SEEK_HOLE);
-		if (hole < 0)
-			break;
-		off = (uint64_t)hole;
+	uint64_t words = (x->ram_pages + 63) / 64;
+	uint64_t *data = calloc(words, sizeof(*data));
+	if (!data)
+		return -ENOMEM;
+	if (gmem_nonzero_bitmap(vm_memory(x->vm), data)) {
+		free(data); /* cannot tell: round 0 reads every page instead */
+		return 0;
 	}
+	for (uint64_t pg = 0; pg < x->ram_pages;) {
+		if (data[pg / 64] >> (pg % 64) & 1) {
+			pg++;
+			continue;
+		}
+		uint64_t n = 1;
+		while (pg + n < x->ram_pages && n < (1u << 20) &&
+		       !(data[(pg + n) / 64] >> ((pg + n) % 64) & 1))
+			n++;
+		struct img_run r = { .page = pg, .npages = (uint32_t)n, .kind = IMG_RUN_ZERO };
+		for (uint64_t i = pg; i < pg + n; i++)
+			x->bitmap[i / 64] &= ~(1ull << (i % 64));
+		mig_put_run(&x->out, 0, &r, NULL);
+		*npages += n;
+		FIG_SET({
+			src.fig.pages_sent += n;
+			src.fig.pages_zero += n;
+		});
+		pg += n;
+	}
+	free(data);
 	return flush_out(x);
 }
 
@@ -695,7 +699,7 @@ static int run_migration(struct mig_ctx *x)
 		uint64_t t_round = now_ns(), b0 = mig_conn_bytes_out(x->conn), pages = 0;
 		r = 0;
 		if (round == 0 && vm_memory(x->vm)->fd >= 0)
-			r = send_holes(x, vm_memory(x->vm)->fd, &pages);
+			r = send_holes(x, &pages);
 		if (!r)
 			r = send_dirty(x, round, &pages);
 		if (r)
