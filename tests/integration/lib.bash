@@ -66,6 +66,21 @@ heartbeats_since() {
 
 con_size() { stat -c %s "$CON"; }
 
+# wait_heartbeats OFFSET N [TIMEOUT]: wait (up to TIMEOUT s, default 10) until more than N
+# heartbeats have arrived since OFFSET; prints the count seen. Fails if the guest stays stuck,
+# never because a loaded host was slow to schedule it.
+wait_heartbeats() {
+	local off=$1 want=$2 t=${3:-10} n=0 i=0
+	while :; do
+		n=$(heartbeats_since "$off")
+		[ "$n" -gt "$want" ] && break
+		[ "$i" -ge $((t * 10)) ] && break
+		sleep 0.1; i=$((i + 1))
+	done
+	echo "$n"
+	[ "$n" -gt "$want" ]
+}
+
 ctl() { "$VMSNAP" ctl --timeout 10000 "$API" "$@"; }
 
 # wait_exit TIMEOUT: wait for the VM to end; sets VM_STATUS.

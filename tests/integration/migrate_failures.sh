@@ -18,8 +18,8 @@ source_alive() {
 	check "$1: source still running" bash -c "'$VMSNAP' ctl '$API' status | grep -q 'state: running'"
 	local off; off=$(con_size)
 	check "$1: source verifies afterwards" wait_line "VERIFY OK" 15 "$off"
-	local n; n=$(heartbeats_since "$off")
-	check "$1: source heartbeats continue ($n)" [ "$n" -gt 50 ]
+	local n; n=$(wait_heartbeats "$off" 50); local st=$?
+	check "$1: source heartbeats continue ($n)" [ $st -eq 0 ]
 }
 
 # 1. Kill the destination in the middle of the pre-copy (bandwidth capped so it lasts).

@@ -35,9 +35,8 @@ for mode in plain tls; do
 	check "$mode: source vmsnap exited 0 after the confirmation (got $VM_STATUS)" [ "$VM_STATUS" = 0 ]
 	off2=$(con_size)
 	check "$mode: destination verifies" wait_line "VERIFY OK" 15 "$off2"
-	sleep 0.5
-	n=$(heartbeats_since "$off2")
-	check "$mode: heartbeats continue on the destination ($n)" [ "$n" -gt 100 ]
+	n=$(wait_heartbeats "$off2" 100); st=$?
+	check "$mode: heartbeats continue on the destination ($n)" [ $st -eq 0 ]
 	gap=$(gap_ms)
 	python3 - "$WORK/mig-$mode.json" "$gap" "$mode" <<'PY'
 import json, sys

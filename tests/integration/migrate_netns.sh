@@ -223,10 +223,9 @@ hop() {
 	local off
 	off=$(con_size)
 	check "$what: destination verifies" wait_line "VERIFY OK" 15 "$off"
-	sleep 0.5
-	local n
-	n=$(heartbeats_since "$off")
-	check "$what: heartbeats continue on the destination ($n)" [ "$n" -gt 100 ]
+	local n st
+	n=$(wait_heartbeats "$off" 100); st=$?
+	check "$what: heartbeats continue on the destination ($n)" [ $st -eq 0 ]
 	local gap
 	gap=$(gap_ms)
 	report "$what" "$MIG_JSON" "$gap"
@@ -295,8 +294,8 @@ check "cut: migrate says why" grep -qE 'stalled|connection|timed out' "$WORK/cut
 check "cut: source still running" bash -c "'$VMSNAP' ctl '$CUR_API' status | grep -q 'state: running'"
 off=$(con_size)
 check "cut: source verifies afterwards" wait_line "VERIFY OK" 15 "$off"
-n=$(heartbeats_since "$off")
-check "cut: source heartbeats continue ($n)" [ "$n" -gt 50 ]
+n=$(wait_heartbeats "$off" 50); st=$?
+check "cut: source heartbeats continue ($n)" [ $st -eq 0 ]
 rst=$(status_of vm-cut 40)
 check "cut: receive discards its VM and exits 1 (got $rst: $(tail -1 "$WORK/vm-cut.err"))" [ "$rst" = 1 ]
 check "cut: the receiver's API socket is gone" [ ! -S "$RX_API" ]

@@ -62,10 +62,14 @@ cpu_heartbeats_since() { # OFFSET INDEX
 
 # every_cpu_beats CPUS OFFSET: every vCPU produced heartbeats since OFFSET.
 every_cpu_beats() {
-	local i n
+	local i n t
 	for ((i = 0; i < $1; i++)); do
-		n=$(cpu_heartbeats_since "$2" "$i")
-		[ "$n" -gt 0 ] || { echo "vCPU $i: no heartbeats" >&2; return 1; }
+		for ((t = 0; ; t++)); do # up to 10 s: a loaded host may be slow, a stuck vCPU never beats
+			n=$(cpu_heartbeats_since "$2" "$i")
+			[ "$n" -gt 0 ] && break
+			[ $t -lt 100 ] || { echo "vCPU $i: no heartbeats" >&2; return 1; }
+			sleep 0.1
+		done
 	done
 }
 
