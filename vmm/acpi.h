@@ -40,16 +40,33 @@ struct acpi_config {
 
 /**
  * Write every table into guest RAM at [LAYOUT_ACPI_START, LAYOUT_ACPI_END), checksums
- * filled. *@rsdp_gpa (optional) receives the RSDP's guest-physical address.
- * Returns 0, -EINVAL for a bad config, -E2BIG if the tables do not fit, -EFAULT if the
- * range is not RAM.
+ * filled: the RSDP at LAYOUT_ACPI_START, then (16-byte aligned) DSDT, FADT, MADT, XSDT. Only
+ * the tables' bytes are written (through gmem_write(), so a dirty bitmap sees them); nothing
+ * outside the range. *@rsdp_gpa (optional) receives the RSDP's guest-physical address
+ * (always LAYOUT_ACPI_START) on success and is left alone on failure.
+ *
+ * The tables are part of guest RAM: build them once when a VM boots; a restored VM already
+ * has them. Returns 0, or (with guest RAM untouched):
+ *   -EINVAL  ncpus not 1..254; nvirtio > 0 with no list, or more than 4096 devices (names
+ *            V000..VFFF); a device whose size is not LAYOUT_VIRTIO_MMIO_SIZE or whose window
+ *            does not end at or below 4 GiB; two devices on one GSI, or a device on COM1's IRQ
+ *            4 or (with a vmgenid_addr) on ged_gsi, or ged_gsi 4: every interrupt is
+ *            declared Exclusive. GSIs are not checked against the IOAPIC's 24 inputs.
+ *   -EFAULT  [LAYOUT_ACPI_START, LAYOUT_ACPI_END) is not all RAM;
+ *   -E2BIG   the tables do not fit (about 850 virtio devices do, far above LAYOUT_VIRTIO_MAX);
+ *   -ENOMEM  no memory for the host-side staging buffer.
  */
 int acpi_build(struct gmem *m, const struct acpi_config *cfg, uint64_t *rsdp_gpa);
 
 /**
- * The ACPI PM register (LAYOUT_ACPI_PM_PORT), an iobus handler: a write of SLP_EN with
- * SLP_TYP == LAYOUT_ACPI_S5_TYPE calls @poweroff, a write of LAYOUT_ACPI_RESET_VALUE calls
- * @reset; everything else is ignored and reads return 0.
+ * The ACPI PM register (LAYOUT_ACPI_PM_PORT), an iobus handler (register it for one port,
+ * with a struct acpi_pm as opaque): the FADT names this 8-bit port as the hardware-reduced
+ * sleep control, sleep status and reset register. A write of SLP_EN (bit 5) with SLP_TYP
+ * (bits 2-4) == LAYOUT_ACPI_S5_TYPE calls @poweroff (other bits, such as WAK_STS, do not
+ * matter), a write of exactly LAYOUT_ACPI_RESET_VALUE calls @reset; everything else is ignored
+ * (Linux also writes WAK_STS, 0x80, before sleeping), reads return 0. Only the byte at offset
+ * 0 counts; a NULL callback is skipped. Stateless, so any vCPU thread may call it at any time;
+ * the callbacks run on that vCPU thread.
  */
 struct acpi_pm {
 	void (*poweroff)(void *opaque);
