@@ -21,19 +21,35 @@ struct evloop;
 /** Create a loop (no thread yet). NULL on failure after logging. */
 struct evloop *evloop_create(void);
 
-/** Watch @fd for readability; @fn(opaque, fd) runs on the loop thread. 0 or -errno. Any thread. */
+/**
+ * Watch @fd for readability (level-triggered: a handler must consume what it was called for,
+ * e.g. read the eventfd, or it is called again); @fn(opaque, fd) runs on the loop thread
+ * without any loop lock held, so it may call evloop_add/evloop_del. 0, -EEXIST if @fd is
+ * already watched, or -errno. Any thread.
+ */
 int evloop_add(struct evloop *l, int fd, evloop_fn fn, void *opaque);
 
-/** Stop watching @fd; once this returns, its handler is not running and will not run. */
+/**
+ * Stop watching @fd; once this returns, its handler is not running and will not run (called
+ * from that handler itself, it returns at once and the handler is not called again). It waits
+ * for a running handler, so never call it holding a lock that handler takes: drop the lock
+ * first, then close @fd after this returns. 0 or -ENOENT. Any thread.
+ */
 int evloop_del(struct evloop *l, int fd);
 
-/** Start the thread. 0 or -errno. */
+/** Start the thread (signals blocked in it). 0, -EBUSY if started, or -errno. */
 int evloop_start(struct evloop *l);
 
-/** Run ready handlers once without a thread, waiting at most @timeout_ms (tests). */
+/**
+ * Run ready handlers once without a thread, waiting at most @timeout_ms for one (tests).
+ * Returns the number of handlers run (0 while paused), -EBUSY if the thread runs, or -errno.
+ */
 int evloop_run_once(struct evloop *l, int timeout_ms);
 
-/** Park the thread between handlers and wait until it is parked (idempotent). */
+/**
+ * Park the thread between handlers and wait until it is parked (idempotent; from a handler
+ * on the loop thread it does not wait, the thread parks when the handler returns).
+ */
 void evloop_pause(struct evloop *l);
 void evloop_resume(struct evloop *l);
 

@@ -14,7 +14,9 @@
  * Why virtio-mmio described in ACPI rather than virtio-pci: docs/DEVICES.md.
  *
  * Locking: one mutex per device, held by register accesses and around ops->queue_notify, so
- * a device's handler never races a reset or a save.
+ * a device's handler never races a reset or a save. Every ops callback runs with it held, so
+ * none may evloop_del() an fd whose handler takes the device lock (it would wait forever):
+ * a device's own fds (a tap) stay watched across a reset, or are deleted after unlocking.
  */
 
 #include <pthread.h>
@@ -51,7 +53,9 @@ struct virtio_device_ops {
 	void (*config_write)(void *dev, uint32_t off, const void *buf, uint32_t len);
 	/* Queue @q was notified (or must be looked at after a restore): take requests with
 	 * virtio_mmio_queue()/virtq_pop, complete them with virtq_push and call
-	 * virtio_mmio_interrupt(). Runs on the evloop thread with the device lock held. */
+	 * virtio_mmio_interrupt(). Runs on the evloop thread with the device lock held (from
+	 * virtio_mmio_load() on the caller's thread), only while the queue is ready and
+	 * DRIVER_OK is set; setting DRIVER_OK looks at every ready queue once. */
 	void (*queue_notify)(void *dev, unsigned int q);
 	/* The driver reset the device (status 0), or DRIVER_OK was set (@ok) with the
 	 * negotiated features in virtio_mmio_driver_features(). Device lock held. Optional. */
@@ -85,7 +89,11 @@ uint64_t virtio_mmio_driver_features(const struct virtio_mmio *t);
 /** True when the driver has set DRIVER_OK and not reset since. */
 bool virtio_mmio_running(const struct virtio_mmio *t);
 
-/** Raise InterruptStatus @bits and signal the guest (irqfd). Device lock held. */
+/**
+ * Raise InterruptStatus @bits and signal the guest (irqfd). VIRTIO_MMIO_INT_CONFIG also
+ * advances ConfigGeneration: change the config space and call this under one lock hold.
+ * Device lock held.
+ */
 void virtio_mmio_interrupt(struct virtio_mmio *t, uint32_t bits);
 /** The device failed: set DEVICE_NEEDS_RESET and raise a config interrupt. Lock held. */
 void virtio_mmio_set_needs_reset(struct virtio_mmio *t);

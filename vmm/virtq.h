@@ -56,16 +56,19 @@ int virtq_check(const struct virtq *q, const struct gmem *m);
 
 /**
  * Take the next available request into @e. Returns 1 when one was taken, 0 when the ring is
- * empty, -EINVAL when the chain is bad: then the head has been consumed and given back with
- * length 0 (the driver sees it completed with nothing written) and the caller logs
- * (rate-limited) and goes on. -EIO when the ring itself is unusable (avail index more than
- * size ahead): q->broken is set and the device should set DEVICE_NEEDS_RESET.
+ * empty (or the queue is not ready), -EINVAL when the chain is bad: then the head has been
+ * consumed and given back with length 0 (the driver sees it completed with nothing written)
+ * and the caller logs (rate-limited) and goes on. -EIO when the ring itself is unusable
+ * (avail index more than size ahead, or rings not in RAM): q->broken is set, every later pop
+ * returns -EIO too, and the device should set DEVICE_NEEDS_RESET. Zero-length descriptors
+ * count toward the chain length but add no segment; n_out + n_in <= VIRTQ_MAX_IOV.
  */
 int virtq_pop(struct virtq *q, struct gmem *m, struct virtq_elem *e);
 
 /**
- * Give request @e back with @written bytes written into its in[] buffers (from the start):
- * marks those bytes and the used entry dirty, then publishes the used index (release order).
+ * Give request @e back with @written bytes written into its in[] buffers (from the start;
+ * clamped to in_len): marks those bytes and the used entry dirty, then publishes the used
+ * index (release order). Does nothing on a queue that is not ready (reset since the pop).
  */
 void virtq_push(struct virtq *q, struct gmem *m, const struct virtq_elem *e, uint32_t written);
 
