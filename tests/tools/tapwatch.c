@@ -23,7 +23,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_MACS 256
+#define MAX_MACS  256
 #define FRAME_MAX 65536
 
 enum { EXIT_OK = 0, EXIT_FAIL = 1, EXIT_TIMEOUT = 2, EXIT_USAGE = 64 };
@@ -45,11 +45,11 @@ static struct {
 static struct {
 	const char *ifname, *summary, *ready;
 	unsigned int ethertype;
-	double timeout;	   /* seconds, 0: none */
-	uint64_t count;	   /* frames, 0: no limit */
-	double wait;	   /* seconds to wait for the interface to appear */
+	double timeout; /* seconds, 0: none */
+	uint64_t count; /* frames, 0: no limit */
+	double wait;	/* seconds to wait for the interface to appear */
 	bool outgoing, quiet;
-} opt = { .ethertype = 0x88B5, .wait = 0 };
+} opt = {.ethertype = 0x88B5, .wait = 0};
 
 static volatile sig_atomic_t want_summary, want_stop;
 
@@ -62,43 +62,46 @@ static int64_t now_ns(void)
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: tapwatch -i IFNAME [options]\n"
-		"\n"
-		"Watch frames of one ethertype arriving on the host interface IFNAME (a VM's tap:\n"
-		"what the guest transmits arrives there) through an AF_PACKET socket, and print one\n"
-		"line per frame to stdout (flushed per line):\n"
-		"    <CLOCK_MONOTONIC ns> <source MAC> <payload text>\n"
-		"The payload is what follows the 14-byte Ethernet header, trailing NULs removed,\n"
-		"bytes outside printable ASCII shown as '.'. Frames the host itself sends out of the\n"
-		"interface (towards the guest) are left out unless --outgoing.\n"
-		"\n"
-		"A JSON summary is written at exit and on SIGUSR1 (to --summary, else stderr):\n"
-		"    {\"iface\":..,\"ethertype\":..,\"end\":..,\"frames\":N,\"first_ns\":..,\"last_ns\":..,\n"
-		"     \"max_gap_ms\":..,\"max_gap_end_ns\":..,\"distinct_macs\":K,\n"
-		"     \"macs\":[{\"mac\":..,\"frames\":..,\"first_ns\":..,\"last_ns\":..},..]}\n"
-		"(max_gap_ms: the largest time between two consecutive frames, any source; 0 with\n"
-		"fewer than two frames.)\n"
-		"\n"
-		"  -i, --iface NAME      interface to watch (required)\n"
-		"  -e, --ethertype N     ethertype to watch (default 0x88B5; decimal or 0x hex)\n"
-		"  -s, --summary FILE    write the JSON summary to FILE (replaced atomically)\n"
-		"  -t, --timeout SEC     stop after SEC seconds (fractions allowed)\n"
-		"  -n, --frames N        stop after N frames\n"
-		"  -w, --wait SEC        wait up to SEC seconds for the interface to appear; also\n"
-		"                        how long to wait for it to come back when it is deleted and\n"
-		"                        recreated (a tap that vmsnap created dies with it)\n"
-		"  -r, --ready FILE      create FILE once the socket is listening\n"
-		"  -o, --outgoing        also show frames sent out of the interface by the host\n"
-		"  -q, --quiet           no per-frame lines (summary only)\n"
-		"  -h, --help            this text\n"
-		"\n"
-		"Exit status: 0 done (timeout without -n, -n frames seen, SIGINT/SIGTERM), 2 timeout\n"
-		"before -n frames, 1 socket error or the interface vanished, 64 usage.\n"
-		"Needs CAP_NET_RAW. The interface should be up (ip link set NAME up); to keep a tap\n"
-		"across vmsnap processes create it first: ip tuntap add dev NAME mode tap.\n"
-		"\n"
-		"Example: tapwatch -i vmtap0 -s hb.json -t 10 -r ready & ...; wait; cat hb.json\n");
+	fprintf(
+	    f,
+	    "usage: tapwatch -i IFNAME [options]\n"
+	    "\n"
+	    "Watch frames of one ethertype arriving on the host interface IFNAME (a VM's tap:\n"
+	    "what the guest transmits arrives there) through an AF_PACKET socket, and print one\n"
+	    "line per frame to stdout (flushed per line):\n"
+	    "    <CLOCK_MONOTONIC ns> <source MAC> <payload text>\n"
+	    "The payload is what follows the 14-byte Ethernet header, trailing NULs removed,\n"
+	    "bytes outside printable ASCII shown as '.'. Frames the host itself sends out of the\n"
+	    "interface (towards the guest) are left out unless --outgoing.\n"
+	    "\n"
+	    "A JSON summary is written at exit and on SIGUSR1 (to --summary, else stderr):\n"
+	    "    "
+	    "{\"iface\":..,\"ethertype\":..,\"end\":..,\"frames\":N,\"first_ns\":..,\"last_ns\":..,"
+	    "\n"
+	    "     \"max_gap_ms\":..,\"max_gap_end_ns\":..,\"distinct_macs\":K,\n"
+	    "     \"macs\":[{\"mac\":..,\"frames\":..,\"first_ns\":..,\"last_ns\":..},..]}\n"
+	    "(max_gap_ms: the largest time between two consecutive frames, any source; 0 with\n"
+	    "fewer than two frames.)\n"
+	    "\n"
+	    "  -i, --iface NAME      interface to watch (required)\n"
+	    "  -e, --ethertype N     ethertype to watch (default 0x88B5; decimal or 0x hex)\n"
+	    "  -s, --summary FILE    write the JSON summary to FILE (replaced atomically)\n"
+	    "  -t, --timeout SEC     stop after SEC seconds (fractions allowed)\n"
+	    "  -n, --frames N        stop after N frames\n"
+	    "  -w, --wait SEC        wait up to SEC seconds for the interface to appear; also\n"
+	    "                        how long to wait for it to come back when it is deleted and\n"
+	    "                        recreated (a tap that vmsnap created dies with it)\n"
+	    "  -r, --ready FILE      create FILE once the socket is listening\n"
+	    "  -o, --outgoing        also show frames sent out of the interface by the host\n"
+	    "  -q, --quiet           no per-frame lines (summary only)\n"
+	    "  -h, --help            this text\n"
+	    "\n"
+	    "Exit status: 0 done (timeout without -n, -n frames seen, SIGINT/SIGTERM), 2 timeout\n"
+	    "before -n frames, 1 socket error or the interface vanished, 64 usage.\n"
+	    "Needs CAP_NET_RAW. The interface should be up (ip link set NAME up); to keep a tap\n"
+	    "across vmsnap processes create it first: ip tuntap add dev NAME mode tap.\n"
+	    "\n"
+	    "Example: tapwatch -i vmtap0 -s hb.json -t 10 -r ready & ...; wait; cat hb.json\n");
 }
 
 static void on_signal(int sig)
@@ -220,7 +223,7 @@ static unsigned int wait_iface(int64_t deadline_ns)
 		unsigned int idx = if_nametoindex(opt.ifname);
 		if (idx || !deadline_ns || now_ns() >= deadline_ns || want_stop)
 			return idx;
-		struct timespec ts = { 0, 10 * 1000 * 1000 };
+		struct timespec ts = {0, 10 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
 }
@@ -259,25 +262,23 @@ static bool parse_double(const char *s, double *out)
 int main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "iface", required_argument, NULL, 'i' },
-		{ "ethertype", required_argument, NULL, 'e' },
-		{ "summary", required_argument, NULL, 's' },
-		{ "timeout", required_argument, NULL, 't' },
-		{ "frames", required_argument, NULL, 'n' },
-		{ "wait", required_argument, NULL, 'w' },
-		{ "ready", required_argument, NULL, 'r' },
-		{ "outgoing", no_argument, NULL, 'o' },
-		{ "quiet", no_argument, NULL, 'q' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 },
+	    {"iface", required_argument, NULL, 'i'},
+	    {"ethertype", required_argument, NULL, 'e'},
+	    {"summary", required_argument, NULL, 's'},
+	    {"timeout", required_argument, NULL, 't'},
+	    {"frames", required_argument, NULL, 'n'},
+	    {"wait", required_argument, NULL, 'w'},
+	    {"ready", required_argument, NULL, 'r'},
+	    {"outgoing", no_argument, NULL, 'o'},
+	    {"quiet", no_argument, NULL, 'q'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 	char *end;
 	while ((c = getopt_long(argc, argv, "i:e:s:t:n:w:r:oqh", longopts, NULL)) != -1) {
 		switch (c) {
-		case 'i':
-			opt.ifname = optarg;
-			break;
+		case 'i': opt.ifname = optarg; break;
 		case 'e': {
 			errno = 0;
 			unsigned long v = strtoul(optarg, &end, 0);
@@ -288,9 +289,7 @@ int main(int argc, char **argv)
 			opt.ethertype = (unsigned int)v;
 			break;
 		}
-		case 's':
-			opt.summary = optarg;
-			break;
+		case 's': opt.summary = optarg; break;
 		case 't':
 			if (!parse_double(optarg, &opt.timeout)) {
 				fprintf(stderr, "tapwatch: bad timeout '%s'\n", optarg);
@@ -311,21 +310,11 @@ int main(int argc, char **argv)
 				return EXIT_USAGE;
 			}
 			break;
-		case 'r':
-			opt.ready = optarg;
-			break;
-		case 'o':
-			opt.outgoing = true;
-			break;
-		case 'q':
-			opt.quiet = true;
-			break;
-		case 'h':
-			usage(stdout);
-			return EXIT_OK;
-		default:
-			usage(stderr);
-			return EXIT_USAGE;
+		case 'r': opt.ready = optarg; break;
+		case 'o': opt.outgoing = true; break;
+		case 'q': opt.quiet = true; break;
+		case 'h': usage(stdout); return EXIT_OK;
+		default: usage(stderr); return EXIT_USAGE;
 		}
 	}
 	if (optind < argc || !opt.ifname || !*opt.ifname || strlen(opt.ifname) >= IFNAMSIZ) {
@@ -393,7 +382,7 @@ int main(int argc, char **argv)
 		/* Wake at least every 100 ms to notice signals that raced with poll(). */
 		int64_t left = deadline ? deadline - now : INT64_MAX;
 		int ms = left > 100000000 ? 100 : (int)((left + 999999) / 1000000);
-		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		struct pollfd pfd = {.fd = fd, .events = POLLIN};
 		int pr = poll(&pfd, 1, ms);
 		if (pr < 0 && errno != EINTR) {
 			fprintf(stderr, "tapwatch: poll: %s\n", strerror(errno));
@@ -428,7 +417,8 @@ int main(int argc, char **argv)
 					status = EXIT_FAIL;
 					break;
 				}
-				fprintf(stderr, "tapwatch: %s is back (index %u)\n", opt.ifname, idx);
+				fprintf(stderr, "tapwatch: %s is back (index %u)\n", opt.ifname,
+					idx);
 				continue;
 			}
 			fprintf(stderr, "tapwatch: recv: %s\n", strerror(errno));
