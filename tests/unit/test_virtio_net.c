@@ -167,6 +167,7 @@ struct fx {
 	int pkt; /* AF_PACKET socket bound to the tap, ethertype ETHERTYPE */
 	int ifindex;
 	uint8_t mac[6];
+	bool persistent; /* the test made a persistent tap: teardown removes it */
 };
 
 static unsigned int tap_serial;
@@ -441,6 +442,22 @@ static void driver_init(struct fx *f, bool ok)
 	}
 }
 
+/* Make (@persist) or remove a persistent tap as `ip tuntap add/del` does: no vnet header. */
+static int persistent_tap(const char *name, bool persist)
+{
+	struct ifreq ifr;
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC), r = 0;
+	if (fd < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0 || ioctl(fd, TUNSETPERSIST, (unsigned long)persist) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
 static int fx_setup(void **state)
 {
 	static struct fx fx;
@@ -470,6 +487,8 @@ static int fx_teardown(void **state)
 	struct fx *f = *state;
 	host_detach(f);
 	virtio_net_destroy(f->n);
+	if (f->persistent && persistent_tap(f->tap, false))
+		print_error("cannot remove the test's tap %s\n", f->tap);
 	evloop_destroy(f->loop);
 	gmem_free(&f->m);
 	return 0;
@@ -702,21 +721,6 @@ static void check_rx(struct fx *f, uint64_t gpa, const uint8_t *frame, size_t fl
 	assert_memory_equal(got + VIRTIO_NET_HDR_LEN, frame, fl);
 }
 
-/* Make (@persist) or remove a persistent tap as `ip tuntap add/del` does: no vnet header. */
-static void persistent_tap(const char *name, bool persist)
-{
-	struct ifreq ifr;
-	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
-	assert_true(fd >= 0);
-	memset(&ifr, 0, sizeof(ifr));
-	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
-	ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
-	if (ioctl(fd, TUNSETIFF, &ifr) < 0)
-		fail_msg("TUNSETIFF %s: %s", name, strerror(errno));
-	assert_int_equal(ioctl(fd, TUNSETPERSIST, (unsigned long)persist), 0);
-	close(fd);
-}
-
 /*
  * Wait until the kernel has activated @name's transmit queue. Attaching to a tap that is
  * already up turns its carrier on, but the queue is activated later by the kernel's link
@@ -753,7 +757,8 @@ static void test_existing_tap(void **state)
 	uint32_t id, len;
 
 	/* An operator's tap (made by another process, up before the VM starts). */
-	persistent_tap(f->tap, true);
+	assert_int_equal(persistent_tap(f->tap, true), 0);
+	f->persistent = true;
 	host_attach(f);
 	device_up(f, &p);
 	wait_running(f->tap);
@@ -783,7 +788,8 @@ static void test_existing_tap(void **state)
 	virtio_net_destroy(f->n);
 	f->n = NULL;
 	host_detach(f);
-	persistent_tap(f->tap, false);
+	assert_int_equal(persistent_tap(f->tap, false), 0);
+	f->persistent = false;
 	assert_int_equal(if_nametoindex(f->tap), 0);
 }
 
