@@ -23,13 +23,13 @@ struct ovl {
 	bool writable;
 	char name[OVL_PATH_MAX];
 	struct ovl_header h;
-	uint64_t *map;	      /* nblocks entries, host byte order */
-	uint64_t *dirty;      /* bit p: map page p (512 entries) changed since the last flush */
-	uint64_t ndirty;      /* bits set in dirty */
-	uint64_t used;	      /* entries other than OVL_ENTRY_ABSENT */
-	uint64_t next_alloc;  /* file offset of the next new block */
-	uint8_t *scratch;     /* one block, for partial writes; allocated on first use */
-	uint8_t *zeros;	      /* one zeroed block, for write-zeroes; allocated on first use */
+	uint64_t *map;	     /* nblocks entries, host byte order */
+	uint64_t *dirty;     /* bit p: map page p (512 entries) changed since the last flush */
+	uint64_t ndirty;     /* bits set in dirty */
+	uint64_t used;	     /* entries other than OVL_ENTRY_ABSENT */
+	uint64_t next_alloc; /* file offset of the next new block */
+	uint8_t *scratch;    /* one block, for partial writes; allocated on first use */
+	uint8_t *zeros;	     /* one zeroed block, for write-zeroes; allocated on first use */
 	ovl_base_read_fn base_read;
 	void *base_opaque;
 	struct iovec tmp[OVL_IOV_MAX];
@@ -95,13 +95,13 @@ int ovl_fd_rw(int fd, bool write, struct iovec *iov, int iovcnt, uint64_t offset
 
 static int pread_full(int fd, void *buf, size_t len, uint64_t offset)
 {
-	struct iovec v = { buf, len };
+	struct iovec v = {buf, len};
 	return ovl_fd_rw(fd, false, &v, 1, offset);
 }
 
 static int pwrite_full(int fd, const void *buf, size_t len, uint64_t offset)
 {
-	struct iovec v = { (void *)buf, len };
+	struct iovec v = {(void *)buf, len};
 	return ovl_fd_rw(fd, true, &v, 1, offset);
 }
 
@@ -206,7 +206,8 @@ int ovl_content_hash(int fd, uint8_t sha256[32])
 		if (!err)
 			err = hash_range(ctx, fd, buf, bufsize, size - OVL_ID_EDGE, OVL_ID_EDGE);
 		for (unsigned int i = 0; i < OVL_ID_SAMPLES && !err; i++) {
-			/* Exact: (size - 4096) * i / 63 in 128 bits, then down to a 4 KiB multiple. */
+			/* Exact: (size - 4096) * i / 63 in 128 bits, then down to a 4 KiB multiple.
+			 */
 			unsigned __int128 span = (unsigned __int128)(size - OVL_ID_SAMPLE_SIZE) * i;
 			uint64_t off = (uint64_t)(span / (OVL_ID_SAMPLES - 1));
 			off &= ~(uint64_t)(OVL_ID_SAMPLE_SIZE - 1);
@@ -413,8 +414,8 @@ static int fsync_parent_dir(const char *path)
 	return err;
 }
 
-int ovl_create(const char *path, uint64_t virtual_size, uint32_t block_size,
-	       const char *base_path, const uint8_t base_sha256[32])
+int ovl_create(const char *path, uint64_t virtual_size, uint32_t block_size, const char *base_path,
+	       const uint8_t base_sha256[32])
 {
 	struct ovl_header h;
 	uint8_t buf[OVL_HEADER_MIN + OVL_PATH_MAX];
@@ -519,9 +520,8 @@ static int load_map(struct ovl *o, uint64_t fsize)
 	int err;
 
 	o->map = malloc(h->nblocks * 8);
-	o->dirty = calloc((h->nblocks + ENTRIES_PER_MAP_PAGE * 64 - 1) /
-				  (ENTRIES_PER_MAP_PAGE * 64),
-			  8);
+	o->dirty =
+	    calloc((h->nblocks + ENTRIES_PER_MAP_PAGE * 64 - 1) / (ENTRIES_PER_MAP_PAGE * 64), 8);
 	if (!o->map || !o->dirty)
 		return -ENOMEM;
 	err = pread_full(o->fd, o->map, h->nblocks * 8, h->map_offset);
@@ -688,8 +688,8 @@ static int read_base(struct ovl *o, const struct iovec *iov, int cnt, uint64_t o
 	return o->base_read(o->base_opaque, iov, cnt, off);
 }
 
-static int check_range(const struct ovl *o, const struct iovec *iov, int iovcnt,
-		       uint64_t offset, uint64_t *total)
+static int check_range(const struct ovl *o, const struct iovec *iov, int iovcnt, uint64_t offset,
+		       uint64_t *total)
 {
 	if (iovcnt < 0 || iovcnt > OVL_IOV_MAX || !iov_total(iov, iovcnt, total) ||
 	    offset > o->h.virtual_size || *total > o->h.virtual_size - offset)
@@ -722,15 +722,13 @@ int ovl_preadv(struct ovl *o, const struct iovec *iov, int iovcnt, uint64_t offs
 	int err = check_range(o, iov, iovcnt, offset, &total);
 	if (err)
 		return err;
-	struct iovcur cur = { iov, iovcnt, 0, 0 };
+	struct iovcur cur = {iov, iovcnt, 0, 0};
 	for (uint64_t pos = offset, end = offset + total; pos < end;) {
 		uint64_t e = o->map[pos / bs];
 		uint64_t len = run_length(o, pos, end);
 		int cnt = cur_take(&cur, len, o->tmp);
 		switch (kind_of(e)) {
-		case K_ABSENT:
-			err = read_base(o, o->tmp, cnt, pos);
-			break;
+		case K_ABSENT: err = read_base(o, o->tmp, cnt, pos); break;
 		case K_ZERO:
 			for (int i = 0; i < cnt; i++)
 				memset(o->tmp[i].iov_base, 0, o->tmp[i].iov_len);
@@ -786,7 +784,7 @@ static int write_new_partial(struct ovl *o, uint64_t b, uint64_t inb, uint64_t l
 		memset(o->scratch, 0, blen);
 	} else {
 		/* Read-through: the unwritten part of the block keeps the base's bytes. */
-		struct iovec v = { o->scratch, blen };
+		struct iovec v = {o->scratch, blen};
 		err = read_base(o, &v, 1, b * bs);
 		if (err)
 			return err;
@@ -810,7 +808,7 @@ int ovl_pwritev(struct ovl *o, const struct iovec *iov, int iovcnt, uint64_t off
 	err = check_range(o, iov, iovcnt, offset, &total);
 	if (err)
 		return err;
-	struct iovcur cur = { iov, iovcnt, 0, 0 };
+	struct iovcur cur = {iov, iovcnt, 0, 0};
 	for (uint64_t pos = offset, end = offset + total; pos < end;) {
 		uint64_t b = pos / bs, inb = pos % bs;
 		uint64_t e = o->map[b];
@@ -886,7 +884,7 @@ static int zero_range(struct ovl *o, uint64_t offset, uint64_t len, bool partial
 			else if (e == OVL_ENTRY_ABSENT)
 				set_entry(o, b, OVL_ENTRY_ZERO);
 		} else if (partial && e != OVL_ENTRY_ZERO) {
-			struct iovec v = { o->zeros, seg };
+			struct iovec v = {o->zeros, seg};
 			err = ovl_pwritev(o, &v, 1, pos);
 		} else {
 			err = 0;
@@ -930,7 +928,7 @@ int ovl_flush(struct ovl *o)
 			for (uint64_t i = 0; i < n; i++)
 				for (int k = 0; k < 8; k++)
 					page[i * 8 + (uint64_t)k] =
-						(uint8_t)(o->map[first + i] >> (8 * k));
+					    (uint8_t)(o->map[first + i] >> (8 * k));
 			uint64_t at = o->h.map_offset + first * 8;
 			int err = pwrite_full(o->fd, page, n * 8, at);
 			if (err)

@@ -29,38 +29,38 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-#define OVL_MAGIC "VMSNAPOV" /* 8 bytes at offset 0 */
+#define OVL_MAGIC	 "VMSNAPOV" /* 8 bytes at offset 0 */
 #define OVL_FORMAT_MAJOR 1
 #define OVL_FORMAT_MINOR 0
 
-#define OVL_SECTOR_SIZE 512u
+#define OVL_SECTOR_SIZE	       512u
 #define OVL_BLOCK_SIZE_DEFAULT 65536u /* what vmsnap writes; see OVERLAY.md for why */
-#define OVL_BLOCK_SIZE_MIN 4096u
-#define OVL_BLOCK_SIZE_MAX (2u << 20)
-#define OVL_HEADER_MIN 104u	     /* v1.0 header with an empty path, CRC included */
-#define OVL_HEADER_MAX 65536u
-#define OVL_MAP_ALIGN 4096u
-#define OVL_MAP_MAX_BYTES (1ull << 30) /* 2^27 entries: 8 TiB at 64 KiB blocks */
-#define OVL_PATH_MAX 4096u	       /* base path bytes, NUL included */
-#define OVL_MAX_DEPTH 16u	       /* overlays in one chain above the raw base */
-#define OVL_IOV_MAX 1024	       /* segments per ovl_preadv/ovl_pwritev call */
+#define OVL_BLOCK_SIZE_MIN     4096u
+#define OVL_BLOCK_SIZE_MAX     (2u << 20)
+#define OVL_HEADER_MIN	       104u /* v1.0 header with an empty path, CRC included */
+#define OVL_HEADER_MAX	       65536u
+#define OVL_MAP_ALIGN	       4096u
+#define OVL_MAP_MAX_BYTES      (1ull << 30) /* 2^27 entries: 8 TiB at 64 KiB blocks */
+#define OVL_PATH_MAX	       4096u	    /* base path bytes, NUL included */
+#define OVL_MAX_DEPTH	       16u	    /* overlays in one chain above the raw base */
+#define OVL_IOV_MAX	       1024	    /* segments per ovl_preadv/ovl_pwritev call */
 
 /* Map entry values other than a data offset. */
 #define OVL_ENTRY_ABSENT 0ull /* not in this overlay: read the base */
-#define OVL_ENTRY_ZERO 1ull   /* reads as zeros (discarded / zeroed), no data stored */
+#define OVL_ENTRY_ZERO	 1ull /* reads as zeros (discarded / zeroed), no data stored */
 
 #define OVL_FLAGS_INCOMPAT_MASK 0xffff0000u /* header flag bits a reader must know */
 
 /* Identity hash sampling (formats/OVERLAY.md section 4). */
-#define OVL_ID_WHOLE_MAX (2ull << 20)  /* files up to this size are hashed whole */
-#define OVL_ID_EDGE (1ull << 20)       /* else: the first and last MiB ... */
-#define OVL_ID_SAMPLES 64u	       /* ... plus 64 evenly spaced blocks ... */
-#define OVL_ID_SAMPLE_SIZE 4096u       /* ... of 4 KiB each */
+#define OVL_ID_WHOLE_MAX   (2ull << 20) /* files up to this size are hashed whole */
+#define OVL_ID_EDGE	   (1ull << 20) /* else: the first and last MiB ... */
+#define OVL_ID_SAMPLES	   64u		/* ... plus 64 evenly spaced blocks ... */
+#define OVL_ID_SAMPLE_SIZE 4096u	/* ... of 4 KiB each */
 
 /** The decoded header. */
 struct ovl_header {
 	uint16_t major, minor;
-	uint32_t header_len;   /* bytes from offset 0 through the header CRC */
+	uint32_t header_len; /* bytes from offset 0 through the header CRC */
 	uint32_t flags;
 	uint32_t block_size;   /* power of two, OVL_BLOCK_SIZE_MIN..OVL_BLOCK_SIZE_MAX */
 	uint64_t virtual_size; /* bytes the disk presents; a multiple of 512, >= 512 */
@@ -113,11 +113,10 @@ int ovl_resolve_base(const char *overlay_path, const char *stored, char *out, si
  * hash is @base_sha256. The file appears complete or not at all (written under a temporary
  * name, synced, renamed without replacing). 0 or -errno, logged.
  */
-int ovl_create(const char *path, uint64_t virtual_size, uint32_t block_size,
-	       const char *base_path, const uint8_t base_sha256[32]);
+int ovl_create(const char *path, uint64_t virtual_size, uint32_t block_size, const char *base_path,
+	       const uint8_t base_sha256[32]);
 
-typedef int (*ovl_base_read_fn)(void *opaque, const struct iovec *iov, int iovcnt,
-				uint64_t offset);
+typedef int (*ovl_base_read_fn)(void *opaque, const struct iovec *iov, int iovcnt, uint64_t offset);
 
 struct ovl;
 

@@ -16,9 +16,9 @@ struct layer {
 	int fd;		 /* raw: the file; overlay: -1 (struct ovl owns its fd) */
 	struct ovl *ovl; /* NULL for the raw bottom */
 	char path[OVL_PATH_MAX];
-	uint64_t size;	 /* virtual size */
-	bool writable;	 /* the top of a writable disk; never again once frozen */
-	bool hashed;	 /* sha256 is valid (read-only layers only: they cannot change) */
+	uint64_t size; /* virtual size */
+	bool writable; /* the top of a writable disk; never again once frozen */
+	bool hashed;   /* sha256 is valid (read-only layers only: they cannot change) */
 	uint8_t sha256[32];
 	uint32_t granularity;
 };
@@ -26,7 +26,7 @@ struct layer {
 struct blkdev {
 	pthread_mutex_t lock;
 	bool readonly;
-	unsigned int n;	/* layers[0] raw, layers[n-1] the top */
+	unsigned int n; /* layers[0] raw, layers[n-1] the top */
 	struct layer layers[OVL_MAX_DEPTH + 1];
 };
 
@@ -110,9 +110,10 @@ static int check_base(const char *name, const struct ovl_header *h, struct layer
 	if (err)
 		return err;
 	if (memcmp(sha, h->base_sha256, 32) != 0) {
-		log_err("overlay %s was made on base %s of %llu bytes with a different content hash "
-			"(%s changed since, or is another disk)",
-			name, h->base_path, (unsigned long long)h->base_size, below->path);
+		log_err(
+		    "overlay %s was made on base %s of %llu bytes with a different content hash "
+		    "(%s changed since, or is another disk)",
+		    name, h->base_path, (unsigned long long)h->base_size, below->path);
 		return -ESTALE;
 	}
 	return 0;
@@ -168,7 +169,7 @@ static int open_raw(struct layer *l, int fd, const struct stat *st)
  */
 static int open_chain(struct blkdev *d, const char *path, bool writable, unsigned int depth)
 {
-	struct layer l = { .fd = -1, .writable = writable };
+	struct layer l = {.fd = -1, .writable = writable};
 	struct stat st;
 	int err;
 
@@ -247,7 +248,7 @@ fail:
 /* Open (creating if needed) the overlay @path on the current top of @d and push it. */
 static int open_top_overlay(struct blkdev *d, const char *path, bool readonly)
 {
-	struct layer l = { .fd = -1, .writable = !readonly };
+	struct layer l = {.fd = -1, .writable = !readonly};
 	struct layer *below = top(d);
 	bool created = false;
 	int err;
@@ -360,8 +361,8 @@ uint32_t blkdev_discard_granularity(const struct blkdev *d)
 
 /* ---- I/O --------------------------------------------------------------------------------- */
 
-static int check_io(const struct blkdev *d, const struct iovec *iov, int iovcnt,
-		    uint64_t offset, uint64_t *total)
+static int check_io(const struct blkdev *d, const struct iovec *iov, int iovcnt, uint64_t offset,
+		    uint64_t *total)
 {
 	uint64_t t = 0, size = blkdev_size(d);
 	if (iovcnt < 0 || iovcnt > OVL_IOV_MAX)
@@ -378,35 +379,52 @@ static int check_io(const struct blkdev *d, const struct iovec *iov, int iovcnt,
 }
 
 /*
- * A raw disk must never start with the overlay magic, or the next open would take it for an
- * overlay naming any host file as its base: check what the first 8 bytes would become.
+ * Write to a raw disk. It must never start with the overlay magic, or the next open would take
+ * it for an overlay naming any host file as its base: the bytes bound for [0, 8) are copied
+ * first (a guest vCPU could change its buffer between a check and the write) and checked,
+ * together with the bytes already there, then written from that copy.
  */
-static int raw_check_magic(struct layer *l, const struct iovec *iov, int iovcnt,
-			   uint64_t offset)
+static int raw_write(struct layer *l, const struct iovec *iov, int iovcnt, uint64_t offset)
 {
+	struct iovec v[OVL_IOV_MAX];
 	uint8_t head[8];
-	struct iovec v = { head, sizeof(head) };
-	if (offset >= sizeof(head))
-		return 0;
-	int err = ovl_fd_rw(l->fd, false, &v, 1, 0);
+	size_t nhead = 0;
+	int err = 0, first = 0;
+
+	memcpy(v, iov, sizeof(*iov) * (size_t)iovcnt);
+	if (offset < sizeof(head)) {
+		struct iovec hv = {head, sizeof(head)};
+		err = ovl_fd_rw(l->fd, false, &hv, 1, 0);
+		/* Take the guest's bytes for [offset, 8) out of the iovecs into head[]. */
+		while (!err && offset + nhead < sizeof(head) && first < iovcnt) {
+			size_t n = v[first].iov_len;
+			if (n > sizeof(head) - offset - nhead)
+				n = sizeof(head) - offset - nhead;
+			memcpy(head + offset + nhead, v[first].iov_base, n);
+			nhead += n;
+			v[first].iov_base = (uint8_t *)v[first].iov_base + n;
+			v[first].iov_len -= n;
+			if (!v[first].iov_len)
+				first++;
+		}
+		if (!err && memcmp(head, OVL_MAGIC, sizeof(head)) == 0) {
+			log_ratelimited(LOG_WARN,
+					"disk %s: refused a write that would make the raw disk "
+					"start with the overlay magic",
+					l->path);
+			return -EPERM;
+		}
+		if (!err && nhead) {
+			struct iovec w = {head + offset, nhead};
+			err = ovl_fd_rw(l->fd, true, &w, 1, offset);
+		}
+	}
+	if (!err)
+		err = ovl_fd_rw(l->fd, true, v + first, iovcnt - first, offset + nhead);
 	if (err)
-		return err;
-	uint64_t pos = offset;
-	for (int i = 0; i < iovcnt && pos < sizeof(head); i++) {
-		size_t n = iov[i].iov_len;
-		if (n > sizeof(head) - pos)
-			n = sizeof(head) - pos;
-		memcpy(head + pos, iov[i].iov_base, n);
-		pos += n;
-	}
-	if (memcmp(head, OVL_MAGIC, sizeof(head)) == 0) {
-		log_ratelimited(LOG_WARN,
-				"disk %s: refused a write that would make the raw disk start "
-				"with the overlay magic",
-				l->path);
-		return -EPERM;
-	}
-	return 0;
+		log_ratelimited(LOG_ERR, "disk %s: write at %llu: %s", l->path,
+				(unsigned long long)offset, strerror(-err));
+	return err;
 }
 
 int blkdev_preadv(struct blkdev *d, const struct iovec *iov, int iovcnt, uint64_t offset)
@@ -431,32 +449,20 @@ int blkdev_pwritev(struct blkdev *d, const struct iovec *iov, int iovcnt, uint64
 		return -EROFS;
 	pthread_mutex_lock(&d->lock);
 	struct layer *l = top(d);
-	if (l->ovl) {
-		err = ovl_pwritev(l->ovl, iov, iovcnt, offset);
-	} else {
-		err = raw_check_magic(l, iov, iovcnt, offset);
-		if (!err) {
-			struct iovec v[OVL_IOV_MAX];
-			memcpy(v, iov, sizeof(*iov) * (size_t)iovcnt);
-			err = ovl_fd_rw(l->fd, true, v, iovcnt, offset);
-			if (err)
-				log_ratelimited(LOG_ERR, "disk %s: write at %llu: %s", l->path,
-						(unsigned long long)offset, strerror(-err));
-		}
-	}
+	err = l->ovl ? ovl_pwritev(l->ovl, iov, iovcnt, offset) : raw_write(l, iov, iovcnt, offset);
 	pthread_mutex_unlock(&d->lock);
 	return err;
 }
 
 int blkdev_pread(struct blkdev *d, void *buf, uint64_t len, uint64_t offset)
 {
-	struct iovec v = { buf, (size_t)len };
+	struct iovec v = {buf, (size_t)len};
 	return blkdev_preadv(d, &v, 1, offset);
 }
 
 int blkdev_pwrite(struct blkdev *d, const void *buf, uint64_t len, uint64_t offset)
 {
-	struct iovec v = { (void *)buf, (size_t)len };
+	struct iovec v = {(void *)buf, (size_t)len};
 	return blkdev_pwritev(d, &v, 1, offset);
 }
 
@@ -505,8 +511,8 @@ static int raw_write_zeroes(struct layer *l, uint64_t offset, uint64_t len, bool
 			int cnt = 0;
 			uint64_t n = 0;
 			while (cnt < 16 && n < len) {
-				uint64_t c = len - n < sizeof(zero_chunk) ? len - n
-									  : sizeof(zero_chunk);
+				uint64_t c =
+				    len - n < sizeof(zero_chunk) ? len - n : sizeof(zero_chunk);
 				v[cnt].iov_base = (void *)zero_chunk;
 				v[cnt++].iov_len = (size_t)c;
 				n += c;

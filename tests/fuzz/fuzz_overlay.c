@@ -74,8 +74,8 @@ static void gen_seed(const char *dir, const char *base, const char *name, uint32
 	close(fd);
 	memset(sec, 0x5a, sizeof(sec));
 	if (kind >= 1) {
-		blkdev_pwrite(d, sec, 512, 4096 + 512);		/* partial block */
-		blkdev_pwrite(d, sec, 1024, 3 * 4096 - 512);	/* across blocks */
+		blkdev_pwrite(d, sec, 512, 4096 + 512);	     /* partial block */
+		blkdev_pwrite(d, sec, 1024, 3 * 4096 - 512); /* across blocks */
 	}
 	if (kind >= 2) {
 		blkdev_write_zeroes(d, 8 * 4096, 2 * 4096, true); /* ZERO entries */
@@ -139,7 +139,7 @@ out:
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (base_fd < 0) {
-		log_set_level((enum log_level)-1); /* rejected inputs log an error each */
+		log_set_level((enum log_level) - 1); /* rejected inputs log an error each */
 		base_fd = memfd_create("fuzz_overlay_base", MFD_CLOEXEC);
 		ovl_fd = memfd_create("fuzz_overlay", MFD_CLOEXEC);
 		if (base_fd < 0 || ovl_fd < 0)

@@ -155,8 +155,8 @@ static void patch_header(const char *path, size_t off, const void *v, size_t len
 {
 	uint8_t h[8192];
 	file_pread(path, h, 16, 0);
-	uint32_t hl = (uint32_t)h[12] | (uint32_t)h[13] << 8 | (uint32_t)h[14] << 16 |
-		      (uint32_t)h[15] << 24;
+	uint32_t hl =
+	    (uint32_t)h[12] | (uint32_t)h[13] << 8 | (uint32_t)h[14] << 16 | (uint32_t)h[15] << 24;
 	assert_true(hl <= sizeof(h));
 	file_pread(path, h, hl, 0);
 	memcpy(h + off, v, len);
@@ -255,7 +255,7 @@ static void test_raw_io(void **state)
 	memset(a, 0xa1, sizeof(a));
 	memset(b, 0xb2, sizeof(b));
 	memset(c, 0xc3, sizeof(c));
-	struct iovec v[3] = { { a, sizeof(a) }, { b, sizeof(b) }, { c, sizeof(c) } };
+	struct iovec v[3] = {{a, sizeof(a)}, {b, sizeof(b)}, {c, sizeof(c)}};
 	assert_int_equal(blkdev_pwritev(d, v, 3, 100 * KiB), 0);
 	memcpy(model + 100 * KiB, a, 700);
 	memcpy(model + 100 * KiB + 700, b, 300);
@@ -285,6 +285,14 @@ static void test_raw_io(void **state)
 	assert_int_equal(blkdev_pwrite(d, "APOV", 4, 4), -EPERM);
 	assert_int_equal(blkdev_pwrite(d, "APOX", 4, 4), 0);
 	memcpy(model + 4, "APOX", 4);
+	/* The first 8 bytes go separately from the rest: iovecs split across them. */
+	uint8_t x[1000];
+	memset(x, 0x77, sizeof(x));
+	struct iovec h[4] = {{"ab", 2}, {"cdefg", 5}, {x, 0}, {x, sizeof(x)}};
+	assert_int_equal(blkdev_pwritev(d, h, 4, 3), 0);
+	memcpy(model + 3, "abcdefg", 7);
+	memcpy(model + 10, x, sizeof(x));
+	check_disk(d, model, size);
 	assert_int_equal(blkdev_close(d), 0);
 
 	check_file(f->base, model, size);
@@ -410,20 +418,21 @@ static void test_overlay_random_model(void **state)
 			for (uint64_t i = 0; i < len; i++)
 				buf[i] = (uint8_t)rand();
 			struct iovec v[4];
-			uint64_t c1 = (uint64_t)rand() % (len + 1), c2 = (uint64_t)rand() % (len + 1);
+			uint64_t c1 = (uint64_t)rand() % (len + 1),
+				 c2 = (uint64_t)rand() % (len + 1);
 			if (c1 > c2) {
 				uint64_t t = c1;
 				c1 = c2;
 				c2 = t;
 			}
-			v[0] = (struct iovec){ buf, c1 };
-			v[1] = (struct iovec){ buf + c1, 0 };
-			v[2] = (struct iovec){ buf + c1, c2 - c1 };
-			v[3] = (struct iovec){ buf + c2, len - c2 };
+			v[0] = (struct iovec){buf, c1};
+			v[1] = (struct iovec){buf + c1, 0};
+			v[2] = (struct iovec){buf + c1, c2 - c1};
+			v[3] = (struct iovec){buf + c2, len - c2};
 			assert_int_equal(blkdev_pwritev(d, v, 4, off), 0);
 			memcpy(model + off, buf, len);
 		} else if (op < 7) {
-			struct iovec v[2] = { { buf, len / 3 }, { buf + len / 3, len - len / 3 } };
+			struct iovec v[2] = {{buf, len / 3}, {buf + len / 3, len - len / 3}};
 			assert_int_equal(blkdev_preadv(d, v, 2, off), 0);
 			assert_memory_equal(buf, model + off, len);
 		} else if (op == 7) {
@@ -584,7 +593,7 @@ static void test_chain_depth_limit(void **state)
 	create_overlay(p[OVL_MAX_DEPTH], p[OVL_MAX_DEPTH - 1], 4096, 64 * KiB);
 	assert_int_equal(blkdev_open(&d, p[OVL_MAX_DEPTH], true, NULL), -ELOOP);
 	/* A loop: an overlay naming itself as its base. */
-	uint8_t sha[32] = { 0 };
+	uint8_t sha[32] = {0};
 	assert_int_equal(ovl_create(p[OVL_MAX_DEPTH + 1], 64 * KiB, 4096, "l17.ovl", sha), 0);
 	assert_int_equal(blkdev_open(&d, p[OVL_MAX_DEPTH + 1], true, NULL), -ELOOP);
 	free(model);
@@ -603,7 +612,7 @@ static void test_base_mismatch(void **state)
 	assert_int_equal(blkdev_pwrite(d, "abc", 3, 5000), 0);
 	assert_int_equal(blkdev_close(d), 0);
 	/* Content: a byte in the first MiB, the last MiB, a sampled block. */
-	uint64_t offs[3] = { 17, size - 3, ((size - 4096) * 20 / 63) & ~4095ull };
+	uint64_t offs[3] = {17, size - 3, ((size - 4096) * 20 / 63) & ~4095ull};
 	for (int i = 0; i < 3; i++) {
 		uint8_t orig, x;
 		file_pread(f->base, &orig, 1, offs[i]);
@@ -652,7 +661,7 @@ static void spec_hash(const uint8_t *data, uint64_t len, uint8_t out[32])
 static void test_content_hash(void **state)
 {
 	struct fx *f = *state;
-	uint64_t sizes[4] = { 512, 2 * MiB, 2 * MiB + 512, 5 * MiB + 4096 * 3 + 1024 };
+	uint64_t sizes[4] = {512, 2 * MiB, 2 * MiB + 512, 5 * MiB + 4096 * 3 + 1024};
 	uint8_t a[32], b[32];
 	for (int i = 0; i < 4; i++) {
 		uint8_t *p = make_raw(f->base, sizes[i], (unsigned int)i);
@@ -683,29 +692,29 @@ static void test_corrupt_header(void **state)
 		bool fix;
 		int err;
 	} cases[] = {
-		{ 0, 0x58, 1, true, -EBADMSG },		/* magic */
-		{ 8, 2, 2, true, -ENOTSUP },		/* major 2 */
-		{ 8, 0, 2, true, -EBADMSG },		/* major 0 */
-		{ 10, 7, 2, true, 0 },			/* a newer minor opens */
-		{ 12, 70000, 4, false, -EBADMSG },	/* header_len too big */
-		{ 12, 50, 4, true, -EBADMSG },		/* header_len too small */
-		{ 16, 0x10000, 4, true, -ENOTSUP },	/* incompatible flag */
-		{ 16, 0x1, 4, true, 0 },		/* informational flag */
-		{ 20, 3000, 4, true, -EBADMSG },	/* block size not a power of two */
-		{ 20, 1024, 4, true, -EBADMSG },	/* block size too small */
-		{ 24, 1000, 8, true, -EBADMSG },	/* virtual size not sectors */
-		{ 32, 63, 8, true, -EBADMSG },		/* nblocks mismatch */
-		{ 32, 1ull << 40, 8, true, -EBADMSG },	/* nblocks huge */
-		{ 40, 0, 8, true, -EBADMSG },		/* map over the header */
-		{ 40, 4097, 8, true, -EBADMSG },	/* map misaligned */
-		{ 40, 1ull << 40, 8, true, -EBADMSG },	/* map past the file */
-		{ 48, 4096, 8, true, -EBADMSG },	/* data over the map */
-		{ 48, 1ull << 40, 8, true, -EBADMSG },	/* data past the file */
-		{ 56, 512, 8, true, -EBADMSG },		/* base size differs */
-		{ 64, 0x55, 1, true, -ESTALE },		/* base hash */
-		{ 96, 5000, 4, true, -EBADMSG },	/* path length overruns */
-		{ 96, 0, 4, true, -EBADMSG },		/* empty path */
-		{ 30, 0x99, 1, false, -EBADMSG },	/* any byte without fixing the CRC */
+	    {0, 0x58, 1, true, -EBADMSG},	 /* magic */
+	    {8, 2, 2, true, -ENOTSUP},		 /* major 2 */
+	    {8, 0, 2, true, -EBADMSG},		 /* major 0 */
+	    {10, 7, 2, true, 0},		 /* a newer minor opens */
+	    {12, 70000, 4, false, -EBADMSG},	 /* header_len too big */
+	    {12, 50, 4, true, -EBADMSG},	 /* header_len too small */
+	    {16, 0x10000, 4, true, -ENOTSUP},	 /* incompatible flag */
+	    {16, 0x1, 4, true, 0},		 /* informational flag */
+	    {20, 3000, 4, true, -EBADMSG},	 /* block size not a power of two */
+	    {20, 1024, 4, true, -EBADMSG},	 /* block size too small */
+	    {24, 1000, 8, true, -EBADMSG},	 /* virtual size not sectors */
+	    {32, 63, 8, true, -EBADMSG},	 /* nblocks mismatch */
+	    {32, 1ull << 40, 8, true, -EBADMSG}, /* nblocks huge */
+	    {40, 0, 8, true, -EBADMSG},		 /* map over the header */
+	    {40, 4097, 8, true, -EBADMSG},	 /* map misaligned */
+	    {40, 1ull << 40, 8, true, -EBADMSG}, /* map past the file */
+	    {48, 4096, 8, true, -EBADMSG},	 /* data over the map */
+	    {48, 1ull << 40, 8, true, -EBADMSG}, /* data past the file */
+	    {56, 512, 8, true, -EBADMSG},	 /* base size differs */
+	    {64, 0x55, 1, true, -ESTALE},	 /* base hash */
+	    {96, 5000, 4, true, -EBADMSG},	 /* path length overruns */
+	    {96, 0, 4, true, -EBADMSG},		 /* empty path */
+	    {30, 0x99, 1, false, -EBADMSG},	 /* any byte without fixing the CRC */
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		uint8_t v[8];
@@ -747,12 +756,12 @@ static void test_corrupt_map(void **state)
 	assert_true(e0 >= data && e5 >= data && e0 != e5);
 
 	uint64_t bad[] = {
-		2,		/* neither a marker nor aligned */
-		e5 + 512,	/* misaligned */
-		map,		/* inside the map */
-		end,		/* past the end */
-		UINT64_MAX & ~(bs - 1),
-		e0,		/* shared with block 0 */
+	    2,	      /* neither a marker nor aligned */
+	    e5 + 512, /* misaligned */
+	    map,      /* inside the map */
+	    end,      /* past the end */
+	    UINT64_MAX & ~(bs - 1),
+	    e0, /* shared with block 0 */
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		put_u64(f->ov, map + 7 * 8, bad[i]);
@@ -851,7 +860,7 @@ static void test_crash_kill_loop(void **state)
 					n = nsec - s;
 				/* Each sector says which write and which sector it is. */
 				for (uint64_t k = 0; k < n; k++) {
-					uint32_t tag[2] = { i, (uint32_t)(s + k) };
+					uint32_t tag[2] = {i, (uint32_t)(s + k)};
 					for (int j = 0; j < 64; j++)
 						memcpy(w + k * 512 + j * 8, tag, 8);
 				}
@@ -861,7 +870,7 @@ static void test_crash_kill_loop(void **state)
 					_exit(1);
 			}
 		}
-		struct timespec ts = { 0, (long)(10 + rand() % 40) * 1000000L };
+		struct timespec ts = {0, (long)(10 + rand() % 40) * 1000000L};
 		nanosleep(&ts, NULL);
 		kill(pid, SIGKILL);
 		int status;
@@ -935,7 +944,7 @@ static void test_ovl_api(void **state)
 {
 	struct fx *f = *state;
 	struct ovl *o;
-	uint8_t sha[32] = { 1, 2, 3 };
+	uint8_t sha[32] = {1, 2, 3};
 	assert_int_equal(ovl_create(f->ov, 8192, 4096, "base.raw", sha), 0);
 	assert_int_equal(ovl_create(f->ov, 8192, 4096, "base.raw", sha), -EEXIST);
 	assert_int_equal(ovl_create(f->ov2, 1000, 4096, "base.raw", sha), -EINVAL);
@@ -953,7 +962,7 @@ static void test_ovl_api(void **state)
 	assert_int_equal(ovl_blocks_used(o), 0);
 	/* No base set: reading an absent block is an error, not a crash. */
 	uint8_t buf[512];
-	struct iovec v = { buf, sizeof(buf) };
+	struct iovec v = {buf, sizeof(buf)};
 	assert_int_equal(ovl_preadv(o, &v, 1, 0), -EIO);
 	assert_int_equal(ovl_write_zeroes(o, 0, 4096), 0);
 	assert_int_equal(ovl_map_entry(o, 0), OVL_ENTRY_ZERO);
@@ -975,24 +984,23 @@ static void test_ovl_api(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_raw_sizes_and_errors, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_raw_io, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_overlay_readthrough_and_writes, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_overlay_zeroes_and_discard, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_overlay_random_model, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_flush_writes_map_after_data, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_chain_and_freeze, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_chain_depth_limit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_base_mismatch, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_content_hash, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_corrupt_header, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_corrupt_map, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_crash_unflushed, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_crash_kill_loop, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_torn_map_and_orphan_data, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_ovl_api, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_raw_sizes_and_errors, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_raw_io, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_overlay_readthrough_and_writes, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_overlay_zeroes_and_discard, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_overlay_random_model, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_flush_writes_map_after_data, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_chain_and_freeze, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_chain_depth_limit, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_base_mismatch, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_content_hash, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_corrupt_header, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_corrupt_map, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_crash_unflushed, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_crash_kill_loop, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_torn_map_and_orphan_data, setup, teardown),
+	    cmocka_unit_test_setup_teardown(test_ovl_api, setup, teardown),
 	};
-	log_set_level(getenv("TEST_VERBOSE") ? LOG_DEBUG : (enum log_level)-1);
+	log_set_level(getenv("TEST_VERBOSE") ? LOG_DEBUG : (enum log_level) - 1);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
