@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "devices.h"
 #include "guest.h"
 
 #define COM1 0x3f8
@@ -98,7 +99,9 @@ static volatile uint32_t ap_index, ap_started;
 
 static struct config cfg;
 static char cmdline[512];
-static uint64_t tsc_hz, lapic_hz, tsc_boot;
+uint64_t tsc_hz;
+uint32_t timer_hz;
+static uint64_t lapic_hz, tsc_boot;
 static uint32_t lapic_src_cpuid;
 static uint32_t ncpus = 1;	/* CPUs that reached ring 3 (or will) */
 static uint64_t mem_total;
@@ -541,7 +544,10 @@ static void parse_cmdline(void)
 	cfg.status_ms = 1000;
 	cfg.fault_ms = 100;
 	cfg.pio_rep = 1;
+	dev_defaults();
 	static const char *const pio_names[] = { "byte", "rep" };
+	static const char *const disk_names[] = { "off", "verify", "bench" };
+	static const char *const net_names[] = { "off", "hb" };
 	const char *p = cmdline;
 	while (*p) {
 		while (*p == ' ')
@@ -582,6 +588,22 @@ static void parse_cmdline(void)
 			cfg.pio_rep = parse_name(v, vn, pio_names, 2, "pio");
 		else if (str_eq(k, "piobench", kn))
 			cfg.piobench = (uint32_t)parse_num(v, vn, 0);
+		else if (str_eq(k, "disk", kn))
+			dcfg.disk = parse_name(v, vn, disk_names, 3, "disk");
+		else if (str_eq(k, "disk_mib", kn))
+			dcfg.disk_mib = parse_num(v, vn, 0);
+		else if (str_eq(k, "disk_qd", kn))
+			dcfg.disk_qd = (uint32_t)parse_num(v, vn, 0);
+		else if (str_eq(k, "disk_req", kn))
+			dcfg.disk_req_kib = (uint32_t)parse_num(v, vn, 0);
+		else if (str_eq(k, "disk_rand", kn))
+			dcfg.disk_rand_ms = parse_num(v, vn, 1);
+		else if (str_eq(k, "disk_rate", kn))
+			dcfg.disk_rate = parse_num(v, vn, 0);
+		else if (str_eq(k, "net", kn))
+			dcfg.net = parse_name(v, vn, net_names, 2, "net");
+		else if (str_eq(k, "net_ms", kn))
+			dcfg.net_ms = parse_num(v, vn, 0);
 	}
 	if (cfg.cpus < 1)
 		cfg.cpus = 1;
@@ -593,6 +615,8 @@ static void parse_cmdline(void)
 		cfg.hb_every = 1;
 	if (cfg.status_ms == 0)
 		cfg.status_ms = 1000;
+	timer_hz = cfg.hz;
+	dev_fix_config();
 }
 
 /* TSC rate: CPUID 0x40000010 (VMware/KVM timing leaf) if present, else against the LAPIC timer. */
@@ -714,6 +738,14 @@ static void setup_memory(const struct hvm_start_info *si)
 			pd[i] = ((uint64_t)g << 30) + (i << 21) + 0x87;
 		pdpt[g] = (uint64_t)pd | 7;
 	}
+	/* queues and buffers of the device drivers (devices.c), if they are asked for */
+	uint64_t dev_pages = dev_arena_pages();
+	for (uint32_t i = 0; i < nram && dev_pages; i++)
+		if (ram[i].a <= alloc_pa && ram[i].e > alloc_pa &&
+		    ram[i].e - alloc_pa >= (dev_pages + 16) * 4096) {
+			dev_set_arena(alloc_pages(dev_pages), dev_pages);
+			break;
+		}
 	uint64_t want = cfg.workload == WL_DIRTY ? cfg.wss_mib * 256 : 0;
 	uint64_t gens_pages = (want * 4 + 4095) / 4096;
 	gens = (uint32_t *)alloc_pages(gens_pages);
@@ -767,6 +799,8 @@ void bsp_main(void)
 		kputs("\nWARN no PVH start_info: defaults\n");
 	}
 	parse_cmdline();
+	if (start_info_pa && si->magic == 0x336ec578)
+		dev_set_rsdp_hint(si->rsdp_paddr);
 	build_idt();
 	calibrate();
 	if (start_info_pa && si->magic == 0x336ec578)
@@ -794,16 +828,13 @@ static int con_put(struct percpu *pc, const char *s, uint32_t n)
 	return 0;
 }
 
-static void uprintf(struct percpu *pc, const char *f, ...)
+static void vuprintf(struct percpu *pc, const char *f, __builtin_va_list ap)
 {
 	char buf[320];
 	size_t n = 0;
 	if (pc->after_hb)
 		buf[n++] = '\n';
-	__builtin_va_list ap;
-	__builtin_va_start(ap, f);
 	n += vfmt(buf + n, sizeof(buf) - n - 1, f, ap);
-	__builtin_va_end(ap);
 	buf[n++] = '\n';
 	if (con_put(pc, buf, (uint32_t)n) == 0) {
 		pc->after_hb = 0;
@@ -811,6 +842,37 @@ static void uprintf(struct percpu *pc, const char *f, ...)
 	} else {
 		pc->out_dropped++;
 	}
+}
+
+static void uprintf(struct percpu *pc, const char *f, ...)
+{
+	__builtin_va_list ap;
+	__builtin_va_start(ap, f);
+	vuprintf(pc, f, ap);
+	__builtin_va_end(ap);
+}
+
+/* For devices.c (ring 3, CPU 0 only). */
+void cpu0_printf(const char *f, ...)
+{
+	__builtin_va_list ap;
+	__builtin_va_start(ap, f);
+	vuprintf(&percpu[0], f, ap);
+	__builtin_va_end(ap);
+}
+
+size_t gfmt(char *buf, size_t size, const char *f, ...)
+{
+	__builtin_va_list ap;
+	__builtin_va_start(ap, f);
+	size_t n = vfmt(buf, size, f, ap);
+	__builtin_va_end(ap);
+	return n;
+}
+
+uint64_t cpu0_ticks(void)
+{
+	return percpu[0].ticks;
 }
 
 /* A heartbeat: ring 3 saw the tick count move. One token per CPU: 'a' + cpu. */
@@ -999,6 +1061,7 @@ static void print_status(struct percpu *pc, struct control *c)
 		"gen=%u drops=%lu tsc=%lu",
 		ms, pc->ticks, tmin, pc->hb_count, pages / 256,
 		dt ? (pages - c->last_pages) * 1000 / 256 / dt : 0, pc->gen, drops, rdtsc());
+	dev_status();
 	c->last_status_ms = ms;
 	c->last_pages = pages;
 }
@@ -1130,6 +1193,7 @@ static void user_main(struct percpu *pc)
 		uprintf(pc, "CMDLINE %s", cmdline);
 		if (npages < cfg.wss_mib * 256 && cfg.workload == WL_DIRTY)
 			uprintf(pc, "WARN wss clamped to %lu MiB (RAM)", npages / 256);
+		dev_init();
 		for (uint32_t i = 0; i < ncpus; i++)
 			while (!__atomic_load_n(&percpu[i].in_user, __ATOMIC_ACQUIRE))
 				cpu_relax();
@@ -1166,8 +1230,11 @@ static void user_main(struct percpu *pc)
 		uint32_t seq = verify_seq;
 		if (pc->v_seq != seq)
 			verify_mine(pc, seq);
-		if (pc->cpu == 0)
+		int dev_busy = 0;
+		if (pc->cpu == 0) {
 			control(pc, &ctl);
+			dev_busy = dev_step();
+		}
 		if (cfg.workload == WL_DIRTY) {
 			if (dirty_step(pc, tsc_per_page))
 				continue;
@@ -1177,6 +1244,9 @@ static void user_main(struct percpu *pc)
 		}
 		/* CPU 0 busy-waits for a verify round so the summary is prompt */
 		if (pc->cpu == 0 && ctl.verify_busy)
+			continue;
+		/* the disk drivers poll their queues: no halting while they have work */
+		if (dev_busy)
 			continue;
 		idle_wait(pc);
 	}
