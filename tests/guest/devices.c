@@ -77,8 +77,8 @@ void dev_fix_config(void)
 	dcfg.disk_req_kib &= ~3u;
 	if (dcfg.disk_req_kib < 4)
 		dcfg.disk_req_kib = 4;
-	if (dcfg.disk_req_kib > 4096)
-		dcfg.disk_req_kib = 4096;
+	if (dcfg.disk_req_kib > 1024)
+		dcfg.disk_req_kib = 1024;
 	if (dcfg.disk == DISK_VERIFY && dcfg.disk_mib > VERIFY_MIB_MAX)
 		dcfg.disk_mib = VERIFY_MIB_MAX;
 	if (dcfg.net_ms < 1)
@@ -193,6 +193,7 @@ static void genid_poll(void)
 #define ST_FAILED 0x80u
 
 #define F_VERSION_1 (1ULL << 32)
+#define F_BLK_SIZE_MAX (1ULL << 1)
 #define F_BLK_FLUSH (1ULL << 9)
 #define F_NET_MAC (1ULL << 5)
 
@@ -868,7 +869,7 @@ static void net_step(void)
 static const char *blk_setup(uint64_t base)
 {
 	blk.dev.base = base;
-	const char *why = vdev_begin(&blk.dev, F_BLK_FLUSH);
+	const char *why = vdev_begin(&blk.dev, F_BLK_FLUSH | F_BLK_SIZE_MAX);
 	if (why)
 		return why;
 	if ((why = vq_setup(&blk.q, &blk.dev, 0)))
@@ -889,6 +890,7 @@ static const char *blk_setup(uint64_t base)
 		g1 = mmio_r32(base, R_CONFIG_GEN);
 	} while (g0 != g1);
 	blk.sectors = hi << 32 | lo;
+	uint32_t size_max = blk.dev.features & F_BLK_SIZE_MAX ? mmio_r32(base, R_CONFIG + 8) : 0;
 	if (blk.sectors < BLK_BLOCK / 512)
 		return "disk smaller than 4 KiB";
 	uint64_t region = blk.sectors * 512;
@@ -911,6 +913,8 @@ static const char *blk_setup(uint64_t base)
 			region = dcfg.disk_mib * 1048576;
 		bb.bytes = region;
 		bb.req = dcfg.disk_req_kib * 1024;
+		if (size_max >= 4096 && bb.req > size_max)	/* one data descriptor per request */
+			bb.req = size_max & ~4095u;
 		if (!(bb.buf = arena_alloc((uint64_t)blk.qd * bb.req)))
 			return "no memory";
 		for (uint64_t *q = (uint64_t *)bb.buf, i = 0; i < (uint64_t)blk.qd * bb.req / 8; i++)
