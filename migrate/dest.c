@@ -140,6 +140,10 @@ static int check_and_create(struct mig_receive *rx, const struct mig_hello *h,
 		.api_path = o->api_path,
 		.mem_backend = o->mem_backend,
 		.cpu_template = rx->cpu_template,
+		.disks = o->disks,
+		.ndisks = o->ndisks,
+		.nets = o->nets,
+		.nnets = o->nnets,
 		.restore = true,
 	};
 	int r = vm_create(&cfg, &rx->vm);

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "migrate/conn.h"
+#include "vmm/vm.h"
 
 struct vm;
 
@@ -36,6 +37,10 @@ struct mig_receive_opts {
 	const char *api_path; /* control socket of the new VM, or NULL */
 	const char *console;  /* as vm_config.console */
 	const char *mem_backend; /* as vm_config.mem_backend */
+	const struct vm_disk_config *disks; /* as vm_config: the source's devices, in order */
+	unsigned int ndisks;
+	const struct vm_net_config *nets;
+	unsigned int nnets;
 	struct mig_tls_opts tls;
 	int accept_timeout_s; /* 0: wait forever for the source */
 	int stall_timeout_s;  /* a silent source fails the receive after this (default 30) */

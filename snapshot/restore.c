@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "formats/image.h"
@@ -20,6 +21,9 @@
 struct snap_restore {
 	struct vm *vm;
 	char *kernel, *initrd, *cmdline, *cpu_template; /* the VM config's strings */
+	struct snap_config devcfg;			 /* its disks and networks */
+	struct vm_disk_config disks[VM_MAX_DISKS];	 /* as opened: with new overlays */
+	char ovl[VM_MAX_DISKS][4096];
 };
 
 int snap_mem_mode_parse(const char *s, enum snap_mem_mode *out)
@@ -250,6 +254,26 @@ static int load_state(struct img *img, struct vm *vm, uint32_t ncpus)
 	return r;
 }
 
+/* The devices from the config section (an image without one, or of version 1, has none). */
+static int read_devices(struct img *img, const char *path, struct snap_config *c)
+{
+	void *buf = NULL;
+	size_t len;
+	uint16_t ver;
+	int r = img_read_section(img, IMG_SEC_ID(IMG_SEC_CONFIG, 0), &buf, &len, &ver);
+	if (r == -ENOENT)
+		return 0;
+	if (r)
+		return r;
+	struct dec d;
+	dec_init(&d, buf, len);
+	r = snap_config_decode(&d, ver, c);
+	free(buf);
+	if (r)
+		log_err("%s: corrupt config section (%s)", path, strerror(-r));
+	return r;
+}
+
 static char *dup_or_null(const char *s)
 {
 	return s && *s ? strdup(s) : NULL;
@@ -264,6 +288,7 @@ void snap_restore_free(struct snap_restore *r)
 	free(r->initrd);
 	free(r->cmdline);
 	free(r->cpu_template);
+	snap_config_free(&r->devcfg);
 	free(r);
 }
 
@@ -336,6 +361,47 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 	sr->initrd = dup_or_null(h->vm.initrd);
 	sr->cmdline = dup_or_null(h->vm.cmdline);
 	sr->cpu_template = dup_or_null(h->vm.cpu_template);
+	r = read_devices(img, o->path, &sr->devcfg);
+	if (r)
+		goto out;
+	st->ram_size = h->vm.ram_size;
+	st->ncpus = h->vm.vcpus;
+	st->ndisks = sr->devcfg.ndisks;
+	st->nnets = sr->devcfg.nnets;
+	const struct vm_net_config *nets = sr->devcfg.nets;
+	if (o->nets_override) {
+		if (o->nnets != sr->devcfg.nnets) {
+			log_err("%s: the saved VM has %u network interface%s, %u given", o->path,
+				sr->devcfg.nnets, sr->devcfg.nnets == 1 ? "" : "s", o->nnets);
+			r = -EINVAL;
+			goto out;
+		}
+		nets = o->nets;
+	}
+	/* A saved disk is a frozen layer: the restored VM writes to a new overlay on it. */
+	for (unsigned int k = 0; k < sr->devcfg.ndisks; k++) {
+		sr->disks[k] = sr->devcfg.disks[k];
+		if (sr->disks[k].readonly)
+			continue;
+		int n;
+		if (k < o->ndisk_overlays && o->disk_overlays[k])
+			n = snprintf(sr->ovl[k], sizeof(sr->ovl[k]), "%s", o->disk_overlays[k]);
+		else
+			n = snprintf(sr->ovl[k], sizeof(sr->ovl[k]), "%s.%d.disk%u.ovl", o->path,
+				     (int)getpid(), k);
+		if (n < 0 || (size_t)n >= sizeof(sr->ovl[k])) {
+			log_err("%s: path too long for disk %u's overlay", o->path, k);
+			r = -ENAMETOOLONG;
+			goto out;
+		}
+		sr->disks[k].overlay = sr->ovl[k];
+	}
+	if (o->dry_run) {
+		/* What vm_create() would refuse, said once before any clone starts. */
+		for (unsigned int k = 0; k < sr->devcfg.ndisks && !r; k++)
+			r = vm_disk_check(&sr->devcfg.disks[k], k);
+		goto out;
+	}
 	struct vm_config cfg = {
 	    .mem_size = h->vm.ram_size,
 	    .ncpus = h->vm.vcpus,
@@ -346,6 +412,10 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 	    .console = o->console,
 	    .api_path = o->api_path,
 	    .mem_backend = o->mem_backend,
+	    .disks = sr->disks,
+	    .ndisks = sr->devcfg.ndisks,
+	    .nets = nets,
+	    .nnets = sr->devcfg.nnets,
 	    .restore = true,
 	    .mem_from_file = use_mmap,
 	    /* mmap: RAM is the base image's mapping; the children go over it. */
@@ -368,6 +438,19 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 		goto out; /* logged with the file, page and section */
 	t3 = snap_now_us();
 	r = load_state(img, sr->vm, h->vm.vcpus);
+	/* A restored VM is a new VM: its generation ID changes before its vCPUs run, so two
+	 * restores of one image never share random-number state (vmm/acpi.h, VGEN). */
+	if (!r)
+		r = vm_new_generation(sr->vm, true);
+	if (!r && o->new_macs)
+		r = vm_new_macs(sr->vm);
+	if (!r && o->clock_to_now) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+		if (now > h->created_ns)
+			r = vm_clock_forward(sr->vm, now - h->created_ns);
+	}
 	if (r)
 		goto out;
 	st->open_us = t1 - t0;

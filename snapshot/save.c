@@ -30,16 +30,6 @@ uint64_t snap_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-void snap_config_encode(struct enc *e, const struct vm_config *cfg)
-{
-	enc_u64(e, cfg->mem_size);
-	enc_u32(e, cfg->ncpus);
-	enc_str(e, cfg->cpu_template ? cfg->cpu_template : "host");
-	enc_str(e, cfg->kernel);
-	enc_str(e, cfg->initrd);
-	enc_str(e, cfg->cmdline);
-}
-
 /* The VM's encoded state, captured while it is paused. */
 struct saved_state {
 	struct enc vm;
@@ -62,10 +52,17 @@ static void saved_state_free(struct saved_state *s)
 	free(s->devs);
 }
 
-static int capture_state(struct vm *vm, struct saved_state *s, char *err, size_t errlen)
+static int capture_state(struct vm *vm, struct saved_state *s, const struct snap_save_opts *o,
+			 char *err, size_t errlen)
 {
 	const struct vm_config *cfg = vm_get_config(vm);
+	struct vm_disk_config frozen[VM_MAX_DISKS];
 	int r;
+
+	/* Disks first: the device state names the frozen layers (docs/SNAPSHOT.md, "Disks"). */
+	r = vm_disks_freeze(vm, o->path, o->stop, frozen, err, errlen);
+	if (r)
+		return r;
 
 	s->ncpus = cfg->ncpus;
 	s->ndevs = vm_device_count(vm);
@@ -102,7 +99,9 @@ static int capture_state(struct vm *vm, struct saved_state *s, char *err, size_t
 			 strerror(-r));
 		return r;
 	}
-	snap_config_encode(&s->config, cfg);
+	struct vm_config saved = *cfg;
+	saved.disks = frozen;
+	snap_config_encode(&s->config, &saved);
 	if (enc_error(&s->config)) {
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
@@ -199,8 +198,12 @@ static void write_error(char *err, size_t errlen, const char *tmp, int r)
 /* The state sections: vm, one vcpu.N per vCPU, one device.ID per device. */
 static int write_state(struct img_writer *w, struct vm *vm, const struct saved_state *s)
 {
-	int r = img_write_section_enc(w, IMG_SEC_ID(IMG_SEC_VM, 0), KVMSTATE_VM_VERSION,
-				      IMG_SEC_REQUIRED, &s->vm);
+	/* The config with the state, not the header: it names the disks frozen at the pause. */
+	int r = img_write_section_enc(w, IMG_SEC_ID(IMG_SEC_CONFIG, 0), SNAP_CONFIG_VERSION, 0,
+				      &s->config);
+	if (!r)
+		r = img_write_section_enc(w, IMG_SEC_ID(IMG_SEC_VM, 0), KVMSTATE_VM_VERSION,
+					  IMG_SEC_REQUIRED, &s->vm);
 	for (unsigned int i = 0; !r && i < s->ncpus; i++)
 		r = img_write_section_enc(w, IMG_SEC_ID(IMG_SEC_VCPU, i), KVMSTATE_VCPU_VERSION,
 					  IMG_SEC_REQUIRED, &s->vcpus[i]);
@@ -220,7 +223,7 @@ struct parent_ref {
 };
 
 /*
- * Header, config and (incremental) parent sections: what precedes the memory. @s may be
+ * Header and (incremental) parent sections: what precedes the memory. @s may be
  * NULL (a live save: the state is captured at the end). Returns the writer in *@wp.
  */
 static int write_head(int fd, const char *tmp, struct vm *vm, const struct saved_state *s,
@@ -228,7 +231,6 @@ static int write_head(int fd, const char *tmp, struct vm *vm, const struct saved
 {
 	struct img_header h;
 	struct img_writer *w = NULL;
-	struct enc config;
 	int r = fill_header(vm, s, &h, err, errlen, pr->set);
 	if (r)
 		return r;
@@ -238,12 +240,7 @@ static int write_head(int fd, const char *tmp, struct vm *vm, const struct saved
 		return r;
 	}
 	img_writer_defer_hash(w);
-	enc_init(&config);
-	snap_config_encode(&config, vm_get_config(vm));
-	r = img_write_section_enc(w, IMG_SEC_ID(IMG_SEC_CONFIG, 0), SNAP_CONFIG_VERSION, 0,
-				  &config);
-	enc_free(&config);
-	if (!r && pr->set)
+	if (pr->set)
 		r = img_write_parent(w, pr->sha256, pr->ref);
 	if (r) {
 		write_error(err, errlen, tmp, r);
@@ -689,7 +686,7 @@ static int save_live(struct vm *vm, int fd, const char *tmp, const struct snap_s
 	}
 	res->final_pages = (uint64_t)n;
 	live_round_log(res, (uint64_t)n);
-	r = capture_state(vm, &s, err, errlen);
+	r = capture_state(vm, &s, o, err, errlen);
 	if (r)
 		goto out;
 	/* Memory and state are complete in the page cache: the guest runs on. */
@@ -797,7 +794,7 @@ int snap_save(struct vm *vm, const struct snap_save_opts *o, struct snap_save_re
 			}
 		}
 		if (!r)
-			r = capture_state(vm, &s, err, errlen);
+			r = capture_state(vm, &s, o, err, errlen);
 		if (!r)
 			r = write_image(fd, tmp, vm, &s, o, &pr, o->incremental ? t->since : NULL,
 					&w, err, errlen);

@@ -19,7 +19,7 @@
 
 struct vm;
 
-#define SNAP_CONFIG_VERSION 1
+#define SNAP_CONFIG_VERSION 2
 
 /* ---- save ------------------------------------------------------------------------------ */
 
@@ -140,6 +140,24 @@ struct snap_restore_opts {
 	const char *console;  /* as vm_config.console */
 	const char *api_path; /* control socket of the new VM, or NULL */
 	const char *mem_backend; /* as vm_config.mem_backend (eager restores) */
+	/*
+	 * Devices. A saved disk is read-only from then on (the image's frozen disk state), so a
+	 * restored VM writes to a new overlay on it: disk_overlays[k] names disk k's (NULL, or
+	 * fewer than the image's disks: "<image>.<pid>.disk<k>.ovl" next to the image).
+	 * nets (when nets_override): the networks to use instead of the image's (clones: their
+	 * own taps). new_macs: give every network a new random MAC (clones).
+	 */
+	const char *const *disk_overlays;
+	unsigned int ndisk_overlays;
+	const struct vm_net_config *nets;
+	unsigned int nnets;
+	bool nets_override;
+	bool new_macs;
+	/* Move the guest's clock forward by the time since the save (clones: wall clock now). */
+	bool clock_to_now;
+	/* Validate only (image, chain, CPU, disks) and return before creating the VM: *out
+	 * stays NULL; the stats' ram_size/ndisks/nnets say what a restore would make. */
+	bool dry_run;
 };
 
 struct snap_restore_stats {
@@ -151,6 +169,8 @@ struct snap_restore_stats {
 	bool mmap;	      /* memory is the image mapped copy-on-write */
 	unsigned int chain;   /* images loaded: 1 for a full image, more for a chain */
 	size_t overlays_read; /* mmap chains: children read instead of mapped (too scattered) */
+	uint64_t ram_size;    /* the VM's RAM */
+	unsigned int ncpus, ndisks, nnets;
 };
 
 struct snap_restore;

@@ -13,11 +13,25 @@
 uint64_t snap_now_us(void);
 
 /*
- * The config section (SNAP_CONFIG_VERSION 1): u64 mem_size, u32 ncpus, string cpu_template,
- * string kernel, string initrd, string cmdline. The header's vm-config record carries the
- * same; this section is where VMM options that the header does not know will go.
+ * The config section (config.c). Version 1: u64 mem_size, u32 ncpus, string cpu_template,
+ * string kernel, string initrd, string cmdline (the header's vm-config record carries the
+ * same). Version 2 adds the devices: u32 ndisks, per disk {string path, string overlay
+ * ("" = none), u8 readonly, u8 has_identity, u64 size, u8 sha256[32]: the content identity of
+ * the file the image expects (blkdev_identity)}; u32 nnets, per net {string tap, string mac
+ * ("" = generated)}.
  */
 void snap_config_encode(struct enc *e, const struct vm_config *cfg);
+
+/** What the config section says beyond the header (strings malloc'ed). */
+struct snap_config {
+	struct vm_disk_config disks[VM_MAX_DISKS];
+	unsigned int ndisks;
+	struct vm_net_config nets[VM_MAX_NETS];
+	unsigned int nnets;
+};
+/** Decode a config record of @version; 0, -ENOTSUP or -EBADMSG (nothing kept on error). */
+int snap_config_decode(struct dec *d, unsigned int version, struct snap_config *c);
+void snap_config_free(struct snap_config *c);
 
 /* ---- incremental chains (chain.c) ---- */
 

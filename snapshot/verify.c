@@ -7,20 +7,16 @@
 
 #include "formats/image.h"
 #include "snapshot/snapshot.h"
+#include "snapshot/snapshot_internal.h"
 #include "vmm/kvmstate.h"
 #include "vmm/vm.h"
 
 static int check_config(struct dec *d, unsigned int version)
 {
-	char str[IMG_STR_MAX];
-	if (version < 1 || version > SNAP_CONFIG_VERSION)
-		return -ENOTSUP;
-	dec_u64_val(d);
-	dec_u32_val(d);
-	dec_str(d, str, 64);
-	for (int i = 0; i < 3; i++)
-		dec_str(d, str, sizeof(str));
-	return dec_error(d);
+	struct snap_config c;
+	int r = snap_config_decode(d, version, &c);
+	snap_config_free(&c);
+	return r;
 }
 
 static int check_state(struct img *img, char *err, size_t errlen)

@@ -27,6 +27,17 @@ int cmd_verify(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_receive(int argc, char **argv);
+int cmd_clone(int argc, char **argv);
+int cmd_ps(int argc, char **argv);
+
+/*
+ * The registry `vmsnap ps` reads (registry.c): a VM process adds itself once it runs and
+ * removes itself when it ends. @kind is "run", "restore", "receive" or "clone"; @name, @api
+ * and @image may be NULL. Failures are silent (the VM runs all the same).
+ */
+const char *cli_registry_dir(void);
+void cli_registry_add(const char *kind, const char *name, const char *api, const char *image);
+void cli_registry_remove(void);
 
 /** vm_run() @vm and map how it ended to an exit status (as `run` documents). */
 struct vm;
@@ -45,6 +56,20 @@ int cli_vm_commands(struct vm *vm);
  */
 int cli_image_args(const char *cmd, int argc, char **argv, void (*usage)(FILE *f), bool *json,
 		   const char **path);
+
+/** The --disk and --net options of a command (run, receive). */
+#include "vmm/vm.h"
+struct cli_devices {
+	struct vm_disk_config disks[VM_MAX_DISKS];
+	unsigned int ndisks;
+	struct vm_net_config nets[VM_MAX_NETS];
+	unsigned int nnets;
+};
+/**
+ * Take one --disk (@is_net false) or --net value (parsed in place). Returns -1 when taken, or
+ * EXIT_USAGE after printing the usage error.
+ */
+int cli_device_arg(const char *cmd, bool is_net, char *val, struct cli_devices *d);
 
 /** Print "vmsnap NAME: msg" for a usage error and return EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -31,12 +31,8 @@ static void inspect_usage(FILE *f)
 
 static const char *device_name(uint16_t id)
 {
-	for (unsigned int i = 0; i < vm_device_count(NULL); i++) {
-		const struct vm_device_info *di = vm_device_get_info(NULL, i);
-		if (di->id == id)
-			return di->name;
-	}
-	return "unknown device";
+	const char *n = vm_device_type_name(id);
+	return n ? n : "unknown device";
 }
 
 /* One-line summary of a state section into @buf; returns 0 or the error. */

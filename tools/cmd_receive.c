@@ -28,6 +28,9 @@ static void receive_usage(FILE *f)
 		"  --timeout SEC         give up if no source connects within SEC (default: wait)\n"
 		"  --port-file FILE      write the listening port to FILE once listening\n"
 		"  --mem-backend memfd|anon  guest RAM backing, as for 'vmsnap run'\n"
+		"  --disk ..., --net ...  the guest's disks and networks, as for 'vmsnap run':\n"
+		"                        the same ones, in the same order, as the source's (the\n"
+		"                        disk files shared with it or copied before)\n"
 		"  -v, --verbose         more log output (repeat for debug)\n"
 		"  -h, --help            this text\n\n"
 		"Exit status: as 'run' once the guest runs here; 1 when the migration fails\n"
@@ -64,13 +67,16 @@ int cmd_receive(int argc, char **argv)
 		{ "timeout", required_argument, NULL, 't' },
 		{ "port-file", required_argument, NULL, 'p' },
 		{ "mem-backend", required_argument, NULL, 'b' },
+		{ "disk", required_argument, NULL, 'D' },
+		{ "net", required_argument, NULL, 'N' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct mig_receive_opts o = { .stall_timeout_s = 30 };
+	struct cli_devices devs = { .ndisks = 0 };
 	const char *port_file = NULL;
-	int verbose = 0, c;
+	int verbose = 0, c, r;
 	uint64_t v;
 
 	opterr = 0;
@@ -85,6 +91,11 @@ int cmd_receive(int argc, char **argv)
 		case 'A': o.tls.ca = optarg; break;
 		case 'p': port_file = optarg; break;
 		case 'b': o.mem_backend = optarg; break;
+		case 'D':
+		case 'N':
+			if ((r = cli_device_arg("receive", c == 'N', optarg, &devs)) >= 0)
+				return r;
+			break;
 		case 'v': verbose++; break;
 		case 'h': receive_usage(stdout); return EXIT_OK;
 		case 't':
@@ -107,6 +118,10 @@ int cmd_receive(int argc, char **argv)
 	if (mig_tls_wanted(&o.tls) && !(o.tls.cert && o.tls.key && o.tls.ca))
 		return cli_usage_error("receive", "TLS needs --tls-cert, --tls-key and --tls-ca");
 	log_set_level(verbose >= 2 ? LOG_DEBUG : verbose ? LOG_INFO : LOG_WARN);
+	o.disks = devs.disks;
+	o.ndisks = devs.ndisks;
+	o.nets = devs.nets;
+	o.nnets = devs.nnets;
 	o.listening = write_port;
 	o.listening_arg = (void *)port_file;
 
@@ -125,13 +140,15 @@ int cmd_receive(int argc, char **argv)
 		"guest\n",
 		(double)st.bytes / (1 << 20), (double)st.total_us / 1e3, st.transport, st.rounds,
 		(unsigned long long)st.pages);
-	int r = mig_receive_confirm(rx);
+	r = mig_receive_confirm(rx);
 	if (r) {
 		log_err("cannot start the confirmation thread: %s", strerror(-r));
 		mig_receive_free(rx);
 		return EXIT_FAIL;
 	}
+	cli_registry_add("receive", NULL, o.api_path, NULL);
 	int status = cli_run_vm(vm);
+	cli_registry_remove();
 	mig_receive_finish(rx);
 	mig_api_shutdown(vm);
 	mig_receive_free(rx);

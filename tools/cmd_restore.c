@@ -29,6 +29,9 @@ static void restore_usage(FILE *f)
 	    "                            eager: read and checksum all memory before running\n"
 	    "  --console stdio|FILE      guest serial console (default stdio)\n"
 	    "  --mem-backend memfd|anon  RAM backing for eager restores, as for 'vmsnap run'\n"
+	    "  --disk-overlay FILE       where the restored VM writes its next disk (repeat in\n"
+	    "                            disk order): the image's disk is a frozen layer, never\n"
+	    "                            written; default IMAGE.PID.diskK.ovl\n"
 	    "  -v, --verbose             print the restore timing; repeat for debug output\n"
 	    "  -h, --help                this text\n\n"
 	    "Exit status as for 'vmsnap run': 0 when the guest powers off or is told to quit,\n"
@@ -43,11 +46,13 @@ int cmd_restore(int argc, char **argv)
 	    {"memory-mode", required_argument, NULL, 'm'},
 	    {"console", required_argument, NULL, 'o'},
 	    {"mem-backend", required_argument, NULL, 'b'},
+	    {"disk-overlay", required_argument, NULL, 'D'},
 	    {"verbose", no_argument, NULL, 'v'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
 	struct snap_restore_opts ro = {0};
+	const char *overlays[VM_MAX_DISKS];
 	int verbose = 0, c;
 
 	opterr = 0;
@@ -57,6 +62,13 @@ int cmd_restore(int argc, char **argv)
 		case 'a': ro.api_path = optarg; break;
 		case 'o': ro.console = optarg; break;
 		case 'b': ro.mem_backend = optarg; break;
+		case 'D':
+			if (ro.ndisk_overlays == VM_MAX_DISKS)
+				return cli_usage_error("restore", "at most %d --disk-overlay options",
+						       VM_MAX_DISKS);
+			overlays[ro.ndisk_overlays++] = optarg;
+			ro.disk_overlays = overlays;
+			break;
 		case 'v': verbose++; break;
 		case 'h': restore_usage(stdout); return EXIT_OK;
 		case 'm':
@@ -91,7 +103,9 @@ int cmd_restore(int argc, char **argv)
 		 "state %.2f)",
 		 ro.path, st.total_us / 1000.0, st.open_us / 1000.0, st.create_us / 1000.0,
 		 st.memory_us / 1000.0, st.mmap ? "mmap" : "eager", st.state_us / 1000.0);
+	cli_registry_add("restore", NULL, ro.api_path, ro.path);
 	int status = cli_run_vm(vm);
+	cli_registry_remove();
 	mig_api_shutdown(vm);
 	snap_restore_free(sr);
 	return status;

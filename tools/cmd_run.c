@@ -31,12 +31,17 @@ static void run_usage(FILE *f)
 		"  --mem-backend memfd|anon  guest RAM on a memfd (default: shareable, untouched\n"
 		"                        pages found without reading them) or anonymous memory\n"
 		"                        with transparent huge pages (faster to fault in)\n"
+		"  --disk PATH[,readonly][,overlay=FILE]  a virtio-blk disk on a raw file; with\n"
+		"                        overlay=FILE writes go to a copy-on-write overlay (made\n"
+		"                        if missing) and PATH is never written (repeatable, %d)\n"
+		"  --net tap=NAME[,mac=MAC]  a virtio-net interface on host tap NAME (created if\n"
+		"                        missing; MAC generated if not given) (repeatable, %d)\n"
 		"  -v, --verbose         more log output (repeat for debug)\n"
 		"  -h, --help            this text\n\n"
 		"Exit status: 0 when the guest powers off or the VM is told to quit, 1 on an\n"
 		"error, 2 on a command-line error, 3 when the guest crashes (triple fault,\n"
 		"instruction the CPU cannot run), 128+N when stopped by signal N.\n",
-		VM_MAX_CPUS);
+		VM_MAX_CPUS, VM_MAX_DISKS, VM_MAX_NETS);
 }
 
 int cmd_run(int argc, char **argv)
@@ -51,13 +56,16 @@ int cmd_run(int argc, char **argv)
 		{ "console", required_argument, NULL, 'o' },
 		{ "cpu-template", required_argument, NULL, 't' },
 		{ "mem-backend", required_argument, NULL, 'b' },
+		{ "disk", required_argument, NULL, 'D' },
+		{ "net", required_argument, NULL, 'N' },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct vm_config cfg = { .mem_size = 256ull << 20, .ncpus = 1 };
+	struct cli_devices devs = { .ndisks = 0 };
 	int verbose = 0;
-	int c;
+	int c, r;
 	uint64_t v;
 
 	opterr = 0;
@@ -73,6 +81,11 @@ int cmd_run(int argc, char **argv)
 		case 'b': cfg.mem_backend = optarg; break;
 		case 'v': verbose++; break;
 		case 'h': run_usage(stdout); return EXIT_OK;
+		case 'D':
+		case 'N':
+			if ((r = cli_device_arg("run", c == 'N', optarg, &devs)) >= 0)
+				return r;
+			break;
 		case 'm':
 			if (parse_size(optarg, &v))
 				return cli_usage_error("run", "--mem '%s' is not a size like 512M or 4G",
@@ -101,18 +114,43 @@ int cmd_run(int argc, char **argv)
 		return cli_usage_error("run", "--kernel FILE is required");
 	log_set_level(verbose >= 2 ? LOG_DEBUG : verbose ? LOG_INFO : LOG_WARN);
 
+	cfg.disks = devs.disks;
+	cfg.ndisks = devs.ndisks;
+	cfg.nets = devs.nets;
+	cfg.nnets = devs.nnets;
 	struct vm *vm;
-	int r = vm_create(&cfg, &vm);
+	r = vm_create(&cfg, &vm);
 	if (r)
 		return EXIT_FAIL;
 	if (cfg.api_path && cli_vm_commands(vm)) {
 		vm_destroy(vm);
 		return EXIT_FAIL;
 	}
+	cli_registry_add("run", NULL, cfg.api_path, cfg.kernel);
 	int status = cli_run_vm(vm);
+	cli_registry_remove();
 	mig_api_shutdown(vm);
 	vm_destroy(vm);
 	return status;
+}
+
+int cli_device_arg(const char *cmd, bool is_net, char *val, struct cli_devices *d)
+{
+	char err[256];
+	if (is_net) {
+		if (d->nnets == VM_MAX_NETS)
+			return cli_usage_error(cmd, "at most %d --net options", VM_MAX_NETS);
+		if (vm_net_parse(val, &d->nets[d->nnets], err, sizeof(err)))
+			return err[0] ? cli_usage_error(cmd, "%s", err) : EXIT_USAGE;
+		d->nnets++;
+	} else {
+		if (d->ndisks == VM_MAX_DISKS)
+			return cli_usage_error(cmd, "at most %d --disk options", VM_MAX_DISKS);
+		if (vm_disk_parse(val, &d->disks[d->ndisks], err, sizeof(err)))
+			return cli_usage_error(cmd, "%s", err);
+		d->ndisks++;
+	}
+	return -1;
 }
 
 int cli_vm_commands(struct vm *vm)

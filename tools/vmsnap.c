@@ -2,6 +2,7 @@
 /* The vmsnap command: dispatches to one subcommand. */
 #include <getopt.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,6 +19,8 @@ static const struct cli_command commands[] = {
 	{ "merge", "flatten an incremental image and its parents into one image", cmd_merge },
 	{ "migrate", "live-migrate a running VM to a 'vmsnap receive'", cmd_migrate },
 	{ "receive", "receive a live-migrated VM over TCP and run it", cmd_receive },
+	{ "clone", "start N copy-on-write clones of a saved VM", cmd_clone },
+	{ "ps", "list the VMs running on this host", cmd_ps },
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
@@ -75,6 +78,8 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
 	log_set_prog("vmsnap");
+	/* A disk file hitting RLIMIT_FSIZE is an I/O error for the guest, not our death. */
+	signal(SIGXFSZ, SIG_IGN);
 	if (argc < 2) {
 		usage(stderr);
 		return EXIT_USAGE;

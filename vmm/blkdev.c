@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -588,10 +589,11 @@ int blkdev_identity(struct blkdev *d, struct blkdev_identity *out)
 }
 
 int blkdev_freeze_new_overlay(struct blkdev *d, const char *new_overlay_path,
-			      struct blkdev_identity *frozen)
+			      struct blkdev_identity *frozen, const char *rename_frozen_to)
 {
 	struct blkdev_identity id;
-	char stored[OVL_PATH_MAX];
+	char stored[OVL_PATH_MAX], old_path[OVL_PATH_MAX];
+	bool renamed = false;
 	int err;
 
 	if (d->readonly) {
@@ -610,6 +612,24 @@ int blkdev_freeze_new_overlay(struct blkdev *d, const char *new_overlay_path,
 	err = layer_identity(old, &id);
 	if (err)
 		goto out;
+	if (rename_frozen_to) {
+		if (!old->ovl || strlen(rename_frozen_to) >= sizeof(old->path)) {
+			log_err("disk %s: only an overlay can be frozen under a new name",
+				old->path);
+			err = -EINVAL;
+			goto out;
+		}
+		if (rename(old->path, rename_frozen_to) < 0) {
+			err = -errno;
+			log_errno("disk %s: cannot rename the frozen layer to %s", old->path,
+				  rename_frozen_to);
+			goto out;
+		}
+		renamed = true;
+		snprintf(old_path, sizeof(old_path), "%s", old->path);
+		snprintf(old->path, sizeof(old->path), "%s", rename_frozen_to);
+		snprintf(id.path, sizeof(id.path), "%s", rename_frozen_to);
+	}
 	err = ovl_base_path_for(new_overlay_path, old->path, stored, sizeof(stored));
 	if (err) {
 		errno = -err;
@@ -635,6 +655,8 @@ int blkdev_freeze_new_overlay(struct blkdev *d, const char *new_overlay_path,
 	if (frozen)
 		*frozen = id;
 out:
+	if (err && renamed && rename(old->path, old_path) == 0)
+		snprintf(old->path, sizeof(old->path), "%s", old_path);
 	pthread_mutex_unlock(&d->lock);
 	return err;
 }

@@ -107,8 +107,13 @@ int blkdev_identity(struct blkdev *d, struct blkdev_identity *out);
  * overlay from now on. @frozen (may be NULL) receives the frozen layer's identity. The disk
  * is unchanged on failure. 0 or -errno (-EEXIST, -ELOOP past OVL_MAX_DEPTH overlays,
  * -EROFS for a read-only disk).
+ *
+ * With @rename_frozen_to, the frozen top is first renamed to that path (and known by it from
+ * then on), so @new_overlay_path may be the top's old path: the disk keeps its file name for
+ * the running VM while the frozen state gets a name of its own (a snapshot's). Only an overlay
+ * top is renamed (-EINVAL for a raw file: the user's disk keeps its name).
  */
 int blkdev_freeze_new_overlay(struct blkdev *d, const char *new_overlay_path,
-			      struct blkdev_identity *frozen);
+			      struct blkdev_identity *frozen, const char *rename_frozen_to);
 
 #endif

@@ -266,6 +266,7 @@ static int write_mptable(struct gmem *m, unsigned int ncpus)
 /* ---- bzImage --------------------------------------------------------------------------- */
 
 /* struct boot_params (the zero page) offsets */
+#define BP_ACPI_RSDP_ADDR 0x070
 #define BP_EXT_RAMDISK_IMAGE 0x0c0
 #define BP_EXT_RAMDISK_SIZE 0x0c4
 #define BP_EXT_CMD_LINE_PTR 0x0c8
@@ -454,6 +455,8 @@ static int load_bzimage(struct gmem *m, const struct boot_config *cfg, const cha
 	put_le32(zp + BP_EXT_CMD_LINE_PTR, 0);
 	put_le32(zp + HDR_HW_SUBARCH, 0);  /* a PC */
 	put_le64(zp + HDR_SETUP_DATA, 0);  /* no setup_data chain */
+	put_le64(zp + BP_ACPI_RSDP_ADDR, cfg->acpi_rsdp); /* read by protocol >= 2.14 kernels;
+							     * older ones scan 0xE0000-0xFFFFF */
 
 	struct boot_e820_entry map[BOOT_E820_MAX];
 	int n = boot_memmap(m, map, BOOT_E820_MAX);
@@ -816,7 +819,7 @@ static int load_pvh(struct gmem *m, const struct boot_config *cfg, const char *c
 	put_le32(si + 12, initrd_size ? 1 : 0);
 	put_le64(si + 16, initrd_size ? BOOT_MODLIST_ADDR : 0);
 	put_le64(si + 24, BOOT_CMDLINE_ADDR);
-	put_le64(si + 32, 0); /* rsdp_paddr: no ACPI yet, the guest finds the MP table */
+	put_le64(si + 32, cfg->acpi_rsdp); /* rsdp_paddr (0: none; the MP table is always there) */
 	put_le64(si + 40, BOOT_MEMMAP_ADDR);
 	put_le32(si + 48, (uint32_t)n);
 	uint8_t *mod = si + (BOOT_MODLIST_ADDR - BOOT_PARAMS_ADDR);

@@ -51,6 +51,8 @@ struct boot_config {
 	size_t initrd_len;
 	const char *cmdline;	/* NULL means "" */
 	unsigned int ncpus;	/* 1..BOOT_MAX_CPUS, listed in the MP table */
+	uint64_t acpi_rsdp;	/* guest-physical RSDP (vmm/acpi.h) or 0 for none: handed to
+				 * the kernel in boot_params.acpi_rsdp_addr / start_info */
 };
 
 enum boot_format {

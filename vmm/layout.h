@@ -18,16 +18,19 @@
 #define LAYOUT_VMGENID_ADDR 0xEF000ull
 
 /* virtio-mmio devices: device i at BASE + i * STRIDE, SIZE bytes of registers, GSI
- * VIRTIO_GSI_BASE + i on the IOAPIC (edge-triggered, active high). */
+ * VIRTIO_GSI_BASE + i on the IOAPIC (edge-triggered, active high). GSIs 16 and up reach only
+ * the IOAPIC (KVM routes 0-15 to the 8259 PICs too, where a guest that never programmed them
+ * would take the edge on a garbage vector). */
 #define LAYOUT_VIRTIO_MMIO_BASE 0xD0000000ull
 #define LAYOUT_VIRTIO_MMIO_STRIDE 0x1000ull
 #define LAYOUT_VIRTIO_MMIO_SIZE 0x200ull
 #define LAYOUT_VIRTIO_GSI_BASE 16u
-#define LAYOUT_VIRTIO_MAX 8u
+#define LAYOUT_VIRTIO_MAX 7u
 
 /* Generic Event Device (ACPI0013) interrupt: raised to tell the guest the generation ID
- * changed (its _EVT method notifies the VGEN device with 0x80). */
-#define LAYOUT_GED_GSI 9u
+ * changed (its _EVT method notifies the VGEN device with 0x80). The IOAPIC's last input,
+ * after the virtio devices': IOAPIC-only, like theirs. */
+#define LAYOUT_GED_GSI 23u
 
 /* Hardware-reduced ACPI sleep control/status and reset register (one I/O port): writing
  * SLP_EN | SLP_TYP(5) powers the VM off, writing LAYOUT_ACPI_RESET_VALUE resets it. */

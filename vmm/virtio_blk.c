@@ -26,6 +26,7 @@ struct virtio_blk {
 	uint8_t config[VIRTIO_BLK_CONFIG_SIZE];
 	uint64_t sectors;
 	bool readonly;
+	char path[4096], overlay[4096]; /* as opened ("" overlay: none), to open again at load */
 	/* Under the device lock: */
 	struct virtio_blk_stats st;
 	struct virtq_elem elem;		  /* the request being served (too big for the stack) */
@@ -348,7 +349,22 @@ static int blk_load(void *dev, struct dec *d, unsigned int version)
 		log_err("%s: device state truncated or corrupt", b->name);
 		return dec_error(d);
 	}
-	int err = blkdev_identity(b->disk, &now);
+	/*
+	 * Open the disk again: a migration source may have written it (and flushed at its
+	 * final pause) since this process opened it, and an overlay's map is read at open.
+	 */
+	struct blkdev *fresh;
+	int err = blkdev_open(&fresh, b->path, b->readonly, b->overlay[0] ? b->overlay : NULL);
+	if (err)
+		return err;
+	if (blkdev_size(fresh) != b->sectors * VIRTIO_BLK_SECTOR) {
+		log_err("%s: %s changed size since it was opened", b->name, b->path);
+		blkdev_close(fresh);
+		return -ESTALE;
+	}
+	blkdev_close(b->disk);
+	b->disk = fresh;
+	err = blkdev_identity(b->disk, &now);
 	if (err) {
 		log_err("%s: cannot identify the disk to check it against the saved state",
 			b->name);
@@ -433,12 +449,17 @@ struct virtio_blk *virtio_blk_create(const struct virtio_blk_params *p, struct g
 		memcpy(b->serial, p->serial, strlen(p->serial)); /* NUL-padded, not terminated */
 	else
 		snprintf(b->serial, sizeof(b->serial), "vmsnap-%u", p->index);
-	err = blkdev_open(&b->disk, p->path, p->readonly, p->overlay);
-	if (err) {
-		log_err("%s: cannot open disk %s%s%s", b->name, p->path,
-			p->overlay ? " with overlay " : "", p->overlay ? p->overlay : "");
+	if (strlen(p->path) >= sizeof(b->path) ||
+	    (p->overlay && strlen(p->overlay) >= sizeof(b->overlay))) {
+		log_err("%s: disk path too long", b->name);
+		err = -ENAMETOOLONG;
 		goto fail;
 	}
+	snprintf(b->path, sizeof(b->path), "%s", p->path);
+	snprintf(b->overlay, sizeof(b->overlay), "%s", p->overlay ? p->overlay : "");
+	err = blkdev_open(&b->disk, p->path, p->readonly, p->overlay);
+	if (err)
+		goto fail; /* blkdev_open said why, naming the file: one line is enough */
 	b->sectors = blkdev_size(b->disk) / VIRTIO_BLK_SECTOR;
 	build_config(b);
 	b->ops = blk_ops_template;
@@ -483,10 +504,10 @@ struct blkdev *virtio_blk_disk(struct virtio_blk *b)
 }
 
 int virtio_blk_freeze_new_overlay(struct virtio_blk *b, const char *new_overlay_path,
-				  struct blkdev_identity *frozen)
+				  struct blkdev_identity *frozen, const char *rename_frozen_to)
 {
 	virtio_mmio_lock(b->t);
-	int err = blkdev_freeze_new_overlay(b->disk, new_overlay_path, frozen);
+	int err = blkdev_freeze_new_overlay(b->disk, new_overlay_path, frozen, rename_frozen_to);
 	virtio_mmio_unlock(b->t);
 	return err;
 }

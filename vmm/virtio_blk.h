@@ -128,10 +128,11 @@ struct blkdev *virtio_blk_disk(struct virtio_blk *b);
  * Freeze the disk for a consistent snapshot: under the device lock (between requests),
  * blkdev_freeze_new_overlay(@new_overlay_path). @frozen (may be NULL) receives the identity of
  * the layer that stays as it is from now on: a restore opens that file (with a new overlay of
- * its own), and the device state saved after this names it. 0 or -errno.
+ * its own), and the device state saved after this names it. @rename_frozen_to as for
+ * blkdev_freeze_new_overlay(). 0 or -errno.
  */
 int virtio_blk_freeze_new_overlay(struct virtio_blk *b, const char *new_overlay_path,
-				  struct blkdev_identity *frozen);
+				  struct blkdev_identity *frozen, const char *rename_frozen_to);
 
 /** Copy the counters into @s. Takes the device lock. */
 void virtio_blk_get_stats(struct virtio_blk *b, struct virtio_blk_stats *s);

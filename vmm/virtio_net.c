@@ -749,6 +749,19 @@ void virtio_net_mac(struct virtio_net *n, uint8_t mac[6])
 	virtio_mmio_unlock(n->t);
 }
 
+int virtio_net_set_mac(struct virtio_net *n, const uint8_t mac[6])
+{
+	if ((mac[0] & 1) || !(mac[0] | mac[1] | mac[2] | mac[3] | mac[4] | mac[5]))
+		return -EINVAL;
+	virtio_mmio_lock(n->t);
+	memcpy(n->mac, mac, 6);
+	/* A running driver learns of it through a config-change interrupt (and generation). */
+	if (virtio_mmio_running(n->t))
+		virtio_mmio_interrupt(n->t, VIRTIO_MMIO_INT_CONFIG);
+	virtio_mmio_unlock(n->t);
+	return 0;
+}
+
 const char *virtio_net_tap_name(const struct virtio_net *n)
 {
 	return n->tap;

@@ -129,6 +129,12 @@ struct virtio_mmio *virtio_net_transport(struct virtio_net *n);
 /** The guest's MAC (changes only with a load). Takes the device lock. */
 void virtio_net_mac(struct virtio_net *n, uint8_t mac[6]);
 
+/**
+ * Replace the guest's MAC (a clone's new identity) and raise a config-change interrupt if the
+ * driver runs. -EINVAL for a multicast or all-zero MAC. Takes the device lock.
+ */
+int virtio_net_set_mac(struct virtio_net *n, const uint8_t mac[6]);
+
 /** The tap interface name. */
 const char *virtio_net_tap_name(const struct virtio_net *n);
 

@@ -23,6 +23,7 @@
 #include "util/log.h"
 #include "vmm/boot.h"
 #include "vmm/cpuid.h"
+#include "vmm/evloop.h"
 #include "vmm/i8042.h"
 #include "vmm/iobus.h"
 #include "vmm/uart.h"
@@ -273,6 +274,8 @@ int vm_pause(struct vm *vm)
 		pthread_cond_wait(&vm->cond, &vm->lock);
 	int r = vm->stopping ? -ESHUTDOWN : 0;
 	if (!r) {
+		/* Devices too: no request half done while the state is read. */
+		evloop_pause(vm->loop);
 		vm->paused = true;
 		vm->paused_at_ns = now_ns();
 		vm->last_pause_us = (vm->paused_at_ns - t0) / 1000;
@@ -291,6 +294,7 @@ int vm_resume(struct vm *vm)
 		for (unsigned int i = 0; i < vm->ncpus; i++)
 			vm->vcpus[i].run->immediate_exit = 0;
 		atomic_store(&vm->pause_req, 0);
+		evloop_resume(vm->loop);
 		vm->paused = false;
 		vm->paused_total_ns += now_ns() - vm->paused_at_ns;
 		pthread_cond_broadcast(&vm->cond);
@@ -408,6 +412,9 @@ enum vm_exit_kind vm_run(struct vm *vm, const char **reason)
 	vm->start_ns = now_ns();
 	if (!atomic_load(&vm->stopping) && vm_api_start(vm) < 0)
 		vm_request_stop(vm, VM_EXIT_ERROR, ""); /* already logged */
+	/* The device I/O thread, after the signal mask so it never takes SIGINT. */
+	if (!atomic_load(&vm->stopping) && evloop_start(vm->loop) < 0)
+		vm_request_stop(vm, VM_EXIT_ERROR, "cannot start the device I/O thread");
 
 	for (unsigned int i = 0; i < vm->ncpus && !atomic_load(&vm->stopping); i++) {
 		struct vcpu *vc = &vm->vcpus[i];

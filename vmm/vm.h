@@ -28,6 +28,42 @@ enum vm_exit_kind {
 	VM_EXIT_ERROR,		/* a VMM or host error */
 };
 
+/** A disk: `--disk PATH[,readonly][,overlay=PATH]` (vm_disk_parse). */
+struct vm_disk_config {
+	const char *path;	/* raw file, or the base of @overlay */
+	const char *overlay;	/* NULL, or a copy-on-write overlay on @path (formats/OVERLAY.md) */
+	bool readonly;
+	/* A restore's expectation: @path's content identity when the image was saved
+	 * (blkdev_identity: size and sampled SHA-256). vm_create() refuses a disk that differs. */
+	bool has_identity;
+	uint64_t id_size;
+	uint8_t id_sha256[32];
+};
+
+/**
+ * Check that disk @d's file (and what lies below it) still has the identity the image
+ * recorded: one clear line and -ESTALE if not, -ENOENT etc. if it cannot be opened. 0 when it
+ * matches or @d has no identity.
+ */
+int vm_disk_check(const struct vm_disk_config *d, unsigned int index);
+
+/** A network interface: `--net tap=NAME[,mac=MAC]` on a host tap device. */
+struct vm_net_config {
+	const char *tap;	/* tap interface name */
+	const char *mac;	/* "02:xx:..", or NULL for a generated one */
+};
+
+/**
+ * Parse a `--disk` value in place (@s is modified; @d points into it): PATH, then
+ * "readonly" (or "ro") and "overlay=PATH" in any order. 0, or -EINVAL with one line in @err.
+ */
+int vm_disk_parse(char *s, struct vm_disk_config *d, char *err, size_t errlen);
+/** Parse a `--net` value in place: "tap=NAME" then "mac=MAC". 0 or -EINVAL with @err. */
+int vm_net_parse(char *s, struct vm_net_config *n, char *err, size_t errlen);
+
+#define VM_MAX_DISKS 4
+#define VM_MAX_NETS 4
+
 struct vm_config {
 	uint64_t mem_size;	  /* bytes, multiple of 4 KiB */
 	unsigned int ncpus;	  /* 1..VM_MAX_CPUS */
@@ -38,6 +74,10 @@ struct vm_config {
 	const char *api_path;	  /* control socket path or NULL */
 	const char *cpu_template; /* "host" (default) or "baseline" */
 	const char *mem_backend;  /* "memfd" (default) or "anon" (see gmem_backend) */
+	const struct vm_disk_config *disks; /* virtio-blk devices, in slot order */
+	unsigned int ndisks;		    /* 0..VM_MAX_DISKS */
+	const struct vm_net_config *nets;   /* virtio-net devices, after the disks */
+	unsigned int nnets;		    /* 0..VM_MAX_NETS */
 
 	/*
 	 * Restore: no kernel is loaded; the caller sets memory, vCPU, VM and device state
@@ -149,7 +189,12 @@ int vm_device_save(struct vm *vm, unsigned int index, struct enc *e);
  * this machine has no such device, -ENOTSUP for a version it cannot read.
  */
 int vm_device_load(struct vm *vm, uint16_t id, struct dec *d, unsigned int version);
-/** True when a device with @id exists and reads @version (for img_check_required). */
+/** The name of the device type owning stable @id ("virtio-blk"), or NULL if unknown. */
+const char *vm_device_type_name(uint16_t id);
+/**
+ * True when a device with @id exists and reads @version (for img_check_required). With @vm
+ * NULL: when this build knows a device type with that id and version.
+ */
 bool vm_device_known(const struct vm *vm, uint16_t id, unsigned int version);
 
 /** /dev/kvm's supported CPUID (malloc'ed entries into *@out, count returned) or -errno. */
@@ -164,6 +209,47 @@ uint64_t vm_tsc_khz(struct vm *vm);
  * this; a VM that fails to start never gets there). Safe from any thread.
  */
 bool vm_vcpus_started(struct vm *vm);
+
+/*
+ * The VM generation ID (vmm/acpi.h's VGEN device): 16 random bytes in guest memory at
+ * LAYOUT_VMGENID_ADDR. A new VM gets a fresh one at creation.
+ */
+
+/**
+ * Write a new random generation ID into guest memory (marking it dirty) and, with @notify,
+ * raise the GED interrupt so the guest's vmgenid driver re-reads it (a new VM has no driver
+ * yet: it reads the ID when it looks). Restore, clone and a migration destination call this before the vCPUs run, so
+ * no two VMs from one image share an ID. Returns 0 or -errno.
+ */
+int vm_new_generation(struct vm *vm, bool notify);
+
+/**
+ * Give every network interface a new random MAC (a clone must not share its image's) and
+ * tell the guest (a config-change interrupt). Call before the vCPUs run. 0 or -errno.
+ */
+int vm_new_macs(struct vm *vm);
+
+/**
+ * Move the guest's clock (kvmclock, hence its monotonic and wall time) forward by @ns, e.g.
+ * the time since an image was saved, so a clone's wall clock reads now. The TSC is left as it
+ * is. Call with the VM paused or not yet running. 0 or -errno.
+ */
+int vm_clock_forward(struct vm *vm, uint64_t ns);
+
+/**
+ * For a snapshot of the paused VM: make each disk's content a layer that never changes again
+ * and that the image can name, the VM going on writing elsewhere. A disk with an overlay: its
+ * overlay is flushed and renamed "<@image_path>.disk<k>-<stamp>", and a new empty overlay on it
+ * takes the old name (the running VM keeps its file). A read-only disk is its own frozen state.
+ * A raw writable disk cannot be frozen: -EBUSY with one line in @err, unless @stopping (the VM
+ * ends with the save, so the file stays as saved). @out[k] receives what a restore must open
+ * (path; overlay NULL). On error the disks already frozen stay so (harmless: the VM runs on).
+ */
+int vm_disks_freeze(struct vm *vm, const char *image_path, bool stopping,
+		    struct vm_disk_config *out, char *err, size_t errlen);
+
+/** The current generation ID as 32 lowercase hex digits + NUL. */
+void vm_generation_hex(struct vm *vm, char out[33]);
 
 /** Release everything vm_create() made. */
 void vm_destroy(struct vm *vm);

@@ -435,6 +435,9 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	r = setup_devices(vm);
 	if (r)
 		goto fail;
+	r = vm_devices_create(vm);
+	if (r)
+		goto fail;
 
 	r = vm_api_create(vm);
 	if (r)
@@ -459,7 +462,11 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 		.cmdline = cfg->cmdline ? cfg->cmdline : "",
 		.ncpus = vm->ncpus,
 	};
-	r = boot_load(&vm->mem, &bc, &regs, &sregs, NULL);
+	r = vm_devices_build_acpi(vm, &bc.acpi_rsdp);
+	if (!r)
+		r = boot_load(&vm->mem, &bc, &regs, &sregs, NULL);
+	if (!r)
+		r = vm_new_generation(vm, false);
 	if (r)
 		goto fail;
 	if (ioctl(vm->vcpus[0].fd, KVM_SET_SREGS, &sregs) < 0 ||
@@ -503,6 +510,7 @@ void vm_destroy(struct vm *vm)
 		free(vm->vcpus);
 	}
 	vm_api_stop(vm);
+	vm_devices_destroy(vm);
 	if (vm->uart)
 		uart_destroy(vm->uart);
 	if (vm->kbd)

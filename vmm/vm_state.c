@@ -12,88 +12,144 @@
 #include "vmm/i8042.h"
 #include "vmm/kvmstate.h"
 #include "vmm/uart.h"
+#include "vmm/virtio_mmio.h"
 #include "vmm/vm_internal.h"
 
-static int uart_dev_save(struct vm *vm, struct enc *e)
+static int uart_dev_save(void *opaque, struct enc *e)
 {
-	return uart_save(vm->uart, e);
+	return uart_save(opaque, e);
 }
 
-static int uart_dev_load(struct vm *vm, struct dec *d, unsigned int version)
+static int uart_dev_load(void *opaque, struct dec *d, unsigned int version)
 {
-	return uart_load(vm->uart, d, version);
+	return uart_load(opaque, d, version);
 }
 
-static int i8042_dev_save(struct vm *vm, struct enc *e)
+static int i8042_dev_save(void *opaque, struct enc *e)
 {
-	return i8042_save(vm->kbd, e);
+	return i8042_save(opaque, e);
 }
 
-static int i8042_dev_load(struct vm *vm, struct dec *d, unsigned int version)
+static int i8042_dev_load(void *opaque, struct dec *d, unsigned int version)
 {
-	return i8042_load(vm->kbd, d, version);
+	return i8042_load(opaque, d, version);
+}
+
+static int virtio_dev_save(void *opaque, struct enc *e)
+{
+	return virtio_mmio_save(opaque, e);
+}
+
+static int virtio_dev_load(void *opaque, struct dec *d, unsigned int version)
+{
+	return virtio_mmio_load(opaque, d, version);
 }
 
 /*
- * The device table: every device with state, in the order it is saved and loaded. Stable
- * ids are forever: a removed device's id is never reused.
+ * Stable device ids, forever (a removed device's id is never reused): the legacy devices
+ * have one each; virtio slots have a range per type, the n-th device of a type taking
+ * base + n. An image or a migration stream names devices by these ids.
  */
-static const struct vm_device_desc {
-	struct vm_device_info info;
-	int (*save)(struct vm *vm, struct enc *e);
-	int (*load)(struct vm *vm, struct dec *d, unsigned int version);
-} devices[] = {
-	{ { "uart-com1", 1, UART_STATE_VERSION }, uart_dev_save, uart_dev_load },
-	{ { "i8042", 2, I8042_STATE_VERSION }, i8042_dev_save, i8042_dev_load },
+#define DEV_ID_UART 1u
+#define DEV_ID_I8042 2u
+#define DEV_ID_VIRTIO_BLK 0x100u
+#define DEV_ID_VIRTIO_NET 0x200u
+
+static const struct dev_type {
+	const char *name;
+	uint16_t first, count, version;
+} dev_types[] = {
+	{ "uart-com1", DEV_ID_UART, 1, UART_STATE_VERSION },
+	{ "i8042", DEV_ID_I8042, 1, I8042_STATE_VERSION },
+	{ "virtio-blk", DEV_ID_VIRTIO_BLK, VM_MAX_DISKS, VIRTIO_MMIO_STATE_VERSION },
+	{ "virtio-net", DEV_ID_VIRTIO_NET, VM_MAX_NETS, VIRTIO_MMIO_STATE_VERSION },
 };
 
-#define NDEVICES (sizeof(devices) / sizeof(devices[0]))
+void vm_devtable_build(struct vm *vm)
+{
+	unsigned int n = 0;
+	vm->devs[n++] = (struct vm_dev){ { "uart-com1", DEV_ID_UART, UART_STATE_VERSION },
+					 uart_dev_save, uart_dev_load, vm->uart };
+	vm->devs[n++] = (struct vm_dev){ { "i8042", DEV_ID_I8042, I8042_STATE_VERSION },
+					 i8042_dev_save, i8042_dev_load, vm->kbd };
+	for (unsigned int i = 0; i < vm->nvirtio && n < VM_MAX_DEVS; i++) {
+		const struct vm_virtio *v = &vm->virtio[i];
+		uint16_t base = v->type == VIRTIO_ID_BLOCK ? DEV_ID_VIRTIO_BLK : DEV_ID_VIRTIO_NET;
+		vm->devs[n++] = (struct vm_dev){
+			{ v->name, (uint16_t)(base + v->index), VIRTIO_MMIO_STATE_VERSION },
+			virtio_dev_save, virtio_dev_load, v->t
+		};
+	}
+	vm->ndevs = n;
+}
 
 unsigned int vm_device_count(const struct vm *vm)
 {
-	(void)vm;
-	return NDEVICES;
+	return vm->ndevs;
 }
 
 const struct vm_device_info *vm_device_get_info(const struct vm *vm, unsigned int index)
 {
-	(void)vm;
-	return index < NDEVICES ? &devices[index].info : NULL;
+	return index < vm->ndevs ? &vm->devs[index].info : NULL;
 }
 
 int vm_device_save(struct vm *vm, unsigned int index, struct enc *e)
 {
-	if (index >= NDEVICES)
+	if (index >= vm->ndevs)
 		return -EINVAL;
-	int r = devices[index].save(vm, e);
+	int r = vm->devs[index].save(vm->devs[index].opaque, e);
 	if (r)
-		log_err("cannot save device %s: %s", devices[index].info.name, strerror(-r));
+		log_err("cannot save device %s: %s", vm->devs[index].info.name, strerror(-r));
 	return r;
 }
 
-static const struct vm_device_desc *device_by_id(uint16_t id)
+static const struct vm_dev *device_by_id(const struct vm *vm, uint16_t id)
 {
-	for (size_t i = 0; i < NDEVICES; i++)
-		if (devices[i].info.id == id)
-			return &devices[i];
+	for (unsigned int i = 0; i < vm->ndevs; i++)
+		if (vm->devs[i].info.id == id)
+			return &vm->devs[i];
 	return NULL;
+}
+
+static const struct dev_type *type_by_id(uint16_t id)
+{
+	for (size_t i = 0; i < sizeof(dev_types) / sizeof(dev_types[0]); i++)
+		if (id >= dev_types[i].first && id < dev_types[i].first + dev_types[i].count)
+			return &dev_types[i];
+	return NULL;
+}
+
+const char *vm_device_type_name(uint16_t id)
+{
+	const struct dev_type *t = type_by_id(id);
+	return t ? t->name : NULL;
 }
 
 bool vm_device_known(const struct vm *vm, uint16_t id, unsigned int version)
 {
-	(void)vm;
-	const struct vm_device_desc *dd = device_by_id(id);
+	if (!vm) { /* a device type this build knows, whatever the machine has */
+		const struct dev_type *t = type_by_id(id);
+		return t && version >= 1 && version <= t->version;
+	}
+	const struct vm_dev *dd = device_by_id(vm, id);
 	return dd && version >= 1 && version <= dd->info.version;
 }
 
 int vm_device_load(struct vm *vm, uint16_t id, struct dec *d, unsigned int version)
 {
-	const struct vm_device_desc *dd = device_by_id(id);
+	const struct vm_dev *dd = device_by_id(vm, id);
 	if (!dd) {
-		log_err("image has state for device id %u, which this machine does not have", id);
+		const struct dev_type *t = type_by_id(id);
+		if (t)
+			log_err("the saved VM has a %s device (id 0x%x) that this machine was not "
+				"given (its disks and networks must be configured the same way)",
+				t->name, id);
+		else
+			log_err("image has state for device id %u, which this machine does not have",
+				id);
 		return -ENOENT;
 	}
-	int r = dd->load(vm, d, version);
+	int r = dd->load(dd->opaque, d, version);
 	if (r == -ENOTSUP)
 		log_err("device %s: state version %u is newer than this vmsnap reads (%u)",
 			dd->info.name, version, dd->info.version);

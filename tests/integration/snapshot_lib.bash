@@ -25,10 +25,10 @@ use_vm() {
 	read -r VM_PID WATCH_PID <"$d/pids"
 }
 
-# vm_boot NAME CPUS MEM "GUEST CMDLINE": a fresh test guest with a control socket.
+# vm_boot NAME CPUS MEM "GUEST CMDLINE" [run args...]: a fresh test guest with a control socket.
 vm_boot() {
 	vm_launch "$1" run --kernel "$GUEST" --cpus "$2" --mem "$3" --cmdline "cpus=$2 $4" \
-		--api "$WORK/$1/api.sock"
+		--api "$WORK/$1/api.sock" "${@:5}"
 }
 
 # vm_restore NAME IMAGE [restore args...]

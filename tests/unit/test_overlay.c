@@ -516,7 +516,7 @@ static void test_chain_and_freeze(void **state)
 	assert_int_equal(id.size, size);
 
 	model_write(d, model, 100 * KiB, 8 * KiB, 41);
-	assert_int_equal(blkdev_freeze_new_overlay(d, f->ov2, &frozen), 0);
+	assert_int_equal(blkdev_freeze_new_overlay(d, f->ov2, &frozen, NULL), 0);
 	assert_string_equal(frozen.path, f->ov);
 	file_hash(f->ov, sha);
 	assert_memory_equal(frozen.sha256, sha, 32);
@@ -531,7 +531,7 @@ static void test_chain_and_freeze(void **state)
 	assert_string_equal(id.path, f->ov2);
 	assert_memory_not_equal(id.sha256, frozen.sha256, 32);
 	/* Freezing onto an existing file is refused and changes nothing. */
-	assert_int_equal(blkdev_freeze_new_overlay(d, f->ov2, NULL), -EEXIST);
+	assert_int_equal(blkdev_freeze_new_overlay(d, f->ov2, NULL, NULL), -EEXIST);
 	check_disk(d, model, size);
 	assert_int_equal(blkdev_close(d), 0);
 	file_hash(f->ov, sha);
@@ -578,9 +578,9 @@ static void test_chain_depth_limit(void **state)
 	assert_int_equal(blkdev_open(&d, f->base, false, p[0]), 0);
 	for (unsigned int i = 1; i < OVL_MAX_DEPTH; i++) {
 		model_write(d, model, 512 * i, 512, 50 + i);
-		assert_int_equal(blkdev_freeze_new_overlay(d, p[i], NULL), 0);
+		assert_int_equal(blkdev_freeze_new_overlay(d, p[i], NULL, NULL), 0);
 	}
-	assert_int_equal(blkdev_freeze_new_overlay(d, p[OVL_MAX_DEPTH], NULL), -ELOOP);
+	assert_int_equal(blkdev_freeze_new_overlay(d, p[OVL_MAX_DEPTH], NULL, NULL), -ELOOP);
 	assert_int_equal(access(p[OVL_MAX_DEPTH], F_OK), -1);
 	model_write(d, model, 0, 512, 70);
 	check_disk(d, model, 64 * KiB);

@@ -873,7 +873,7 @@ static void test_save_load(void **state)
 	p.overlay = f->ov;
 	device_up(f, &p);
 	dev_write(f, 7, 4096, 21, 2);
-	assert_int_equal(virtio_blk_freeze_new_overlay(f->b, f->ov2, &frozen), 0);
+	assert_int_equal(virtio_blk_freeze_new_overlay(f->b, f->ov2, &frozen, NULL), 0);
 	assert_string_equal(frozen.path, f->ov);
 	save(f, &e);
 	uint8_t *at_save = malloc(DISK_SIZE);
