@@ -150,6 +150,8 @@ static void genid_format(void)
 	genid_hex[32] = 0;
 }
 
+static void new_identity(void); /* below: the drivers' part of a new generation ID */
+
 static void genid_poll(void)
 {
 	uint64_t v[2];
@@ -160,6 +162,7 @@ static void genid_poll(void)
 	genid_val[1] = v[1];
 	genid_format();
 	cpu0_printf("GENID %s changed", genid_hex);
+	new_identity();
 }
 
 /* ---- virtio-mmio transport ---- */
@@ -474,11 +477,16 @@ static void blk_stall_check(void)
 
 enum { V_START, V_PRE, V_WRITE, V_READ };
 
+/* Nonces a VM remembers: a new one per generation ID (clones write different data). */
+#define NONCE_HISTORY 64
+
 static struct {
 	uint64_t nblk;
 	uint32_t *gen;		/* expected generation per block, 0 = unknown */
 	uint8_t *wbuf, *rbuf;	/* qd blocks each */
-	uint64_t nonce;
+	uint64_t nonce;			/* what this VM writes now */
+	uint64_t nonces[NONCE_HISTORY];	/* every nonce this VM has written with, oldest first */
+	uint32_t nnonces;
 	uint64_t cursor, b0;
 	uint32_t nb, phase, outstanding;
 	uint32_t pass;
@@ -492,8 +500,11 @@ static struct {
 } dv;
 
 /*
- * Block layout (512 x u64): q[0] sector, q[1] generation, q[2] this boot's nonce, q[3..510] a
- * pattern seeded from (sector, generation, nonce), q[511] a checksum of q[0..510].
+ * Block layout (512 x u64): q[0] sector, q[1] generation, q[2] the writer's nonce, q[3..510] a
+ * pattern seeded from (sector, generation, nonce), q[511] a checksum of q[0..510]. The nonce
+ * is this boot's, renewed at every new generation ID: a restored or cloned VM writes with a
+ * nonce of its own, so two clones of one image write different bytes, and a block written
+ * with a nonce this VM never used ("foreign") is another VM's write showing through.
  */
 static void block_fill(uint64_t *q, uint64_t sector, uint32_t gen)
 {
@@ -522,13 +533,16 @@ static const char *block_check(const uint64_t *q, uint64_t sector, uint32_t gen,
 				return "corrupt";
 		return "zero";
 	}
-	if (q[2] != dv.nonce)
-		return "foreign";	/* written by another boot of this disk */
+	bool mine = false;
+	for (uint32_t k = 0; k < dv.nnonces && !mine; k++)
+		mine = q[2] == dv.nonces[k];
+	if (!mine)
+		return "foreign";	/* written by another boot of this disk, or another clone */
 	if (q[0] != sector)
 		return "wrong-sector";
 	if (q[1] != gen)
 		return q[1] < gen ? "stale" : "ahead";
-	uint64_t v = mix64(sector * 0x9e3779b97f4a7c15ULL ^ (uint64_t)gen << 40 ^ dv.nonce);
+	uint64_t v = mix64(sector * 0x9e3779b97f4a7c15ULL ^ (uint64_t)gen << 40 ^ q[2]);
 	for (int i = 3; i < 511; i++, v += 0x9e3779b97f4a7c15ULL)
 		if (q[i] != v)
 			return "corrupt";
@@ -801,6 +815,31 @@ static struct {
 	uint64_t next_tsc, period;
 } net;
 
+/*
+ * A new generation ID: this is a new VM (restored or cloned). Disk writes from now on carry
+ * a nonce of its own (older ones stay readable: they are in its history), and the NIC's MAC is
+ * read again (a clone gets a new one).
+ */
+static void new_identity(void)
+{
+	if (dv.nnonces) {
+		dv.nonce = mix64(genid_val[0] ^ mix64(genid_val[1] ^ rdtsc())) | 1;
+		if (dv.nnonces == NONCE_HISTORY) { /* the oldest goes: rewritten long ago */
+			for (uint32_t k = 1; k < NONCE_HISTORY; k++)
+				dv.nonces[k - 1] = dv.nonces[k];
+			dv.nnonces--;
+		}
+		dv.nonces[dv.nnonces++] = dv.nonce;
+	}
+	if (net.dev.base && (net.dev.features & F_NET_MAC)) {
+		for (int i = 0; i < 6; i++)
+			net.mac[i] = mmio_r8(net.dev.base, R_CONFIG + (uint32_t)i);
+		gfmt(net.macs, sizeof(net.macs), "%02x:%02x:%02x:%02x:%02x:%02x", net.mac[0],
+		     net.mac[1], net.mac[2], net.mac[3], net.mac[4], net.mac[5]);
+		cpu0_printf("NET mac=%s changed", net.macs);
+	}
+}
+
 static void net_send_hb(void)
 {
 	if (!net.tx_free) {
@@ -903,6 +942,8 @@ static const char *blk_setup(uint64_t base)
 		if (!dv.gen || !dv.wbuf || !dv.rbuf)
 			return "no memory";
 		dv.nonce = mix64(rdtsc()) | 1;
+		dv.nonces[0] = dv.nonce;
+		dv.nnonces = 1;
 		if (dcfg.disk_rate)
 			dv.tsc_per_block = tsc_hz / (dcfg.disk_rate * (1048576 / BLK_BLOCK));
 		dv.next_tsc = rdtsc();
