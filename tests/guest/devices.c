@@ -533,7 +533,7 @@ static const char *block_check(const uint64_t *q, uint64_t sector, uint32_t gen,
 				return "corrupt";
 		return "zero";
 	}
-	bool mine = false;
+	int mine = 0;
 	for (uint32_t k = 0; k < dv.nnonces && !mine; k++)
 		mine = q[2] == dv.nonces[k];
 	if (!mine)
