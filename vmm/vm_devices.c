@@ -144,9 +144,8 @@ int vm_devices_build_acpi(struct vm *vm, uint64_t *rsdp)
 
 void vm_devices_destroy(struct vm *vm)
 {
-	/* The I/O thread first: no handler may run on a device being freed. */
-	evloop_destroy(vm->loop);
-	vm->loop = NULL;
+	/* Devices first: each takes its fds off the loop (evloop_del waits for a handler
+	 * running on it), then the loop and its thread go. */
 	for (unsigned int i = 0; i < vm->nvirtio; i++) {
 		struct vm_virtio *v = &vm->virtio[i];
 		if (v->type == VIRTIO_ID_BLOCK)
@@ -155,6 +154,8 @@ void vm_devices_destroy(struct vm *vm)
 			virtio_net_destroy(v->dev);
 	}
 	vm->nvirtio = 0;
+	evloop_destroy(vm->loop);
+	vm->loop = NULL;
 	for (unsigned int i = 0; i < VM_MAX_DISKS; i++) {
 		free(vm->disk_strs[i][0]);
 		free(vm->disk_strs[i][1]);
