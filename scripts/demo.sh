@@ -37,7 +37,7 @@ GUEST=$BUILD/tests/guest/guest.elf
 HBWATCH=$BUILD/tests/hbwatch
 CPUS=2
 MEM=256M
-GUEST_CMDLINE="cpus=$CPUS workload=dirty wss=64 rate=256 verify=500ms status=1s"
+GUEST_CMDLINE="cpus=$CPUS workload=dirty wss=64 rate=256 verify=500ms status=1s disk=verify disk_mib=4 disk_rate=4"
 PAUSE_S=2
 
 WORK=$(mktemp -d /tmp/vmsnap-demo.XXXXXX) # mode 0700: only we can reach the control socket
@@ -186,32 +186,35 @@ wait_vm_exit() {
 }
 
 step_boot() {
-	header "boot the test guest: $CPUS vCPUs, $MEM, memory dirtier with verify every 500 ms"
+	header "boot the test guest: $CPUS vCPUs, $MEM, memory dirtier with verify every 500 ms, a disk"
 	local f
 	for f in "$VMSNAP" "$GUEST" "$HBWATCH"; do
 		[ -x "$f" ] || [ -f "$f" ] || { fail "$f is missing (build first)"; return 1; }
 	done
 	shown "vmsnap run --kernel build/tests/guest/guest.elf --cpus $CPUS --mem $MEM \\"
-	shown "    --cmdline '$GUEST_CMDLINE' --api \$SOCK | hbwatch -l console.log -j -s hbwatch.json"
+	shown "    --cmdline '$GUEST_CMDLINE' --api \$SOCK \\"
+	shown "    --disk disk.raw,overlay=disk.ovl | hbwatch -l console.log -j -s hbwatch.json"
+	truncate -s 64M "$WORK/disk.raw"
 	start_vm boot "$VMSNAP" run --kernel "$GUEST" --cpus "$CPUS" --mem "$MEM" \
-		--cmdline "$GUEST_CMDLINE" --api "$API"
+		--cmdline "$GUEST_CMDLINE" --api "$API" --disk "$WORK/disk.raw,overlay=$WORK/disk.ovl"
 	if ! wait_for READY 1 20; then
 		cat "$WORK/boot.err"
 		fail "the guest did not print READY within 20 s"
 		return 1
 	fi
-	lines_since 0 '^(BOOT|READY)' | guest
-	ok "guest is up: all $CPUS vCPUs in ring 3"
+	lines_since 0 '^(BOOT|ACPI|GENID|DISK setup|READY)' | guest
+	ok "guest is up: all $CPUS vCPUs in ring 3, its disk found through ACPI"
 	local off
 	off=$(con_size)
 	hb_window
 	wait_for "VERIFY OK" 2 10 "$off" || { fail "no VERIFY OK after boot"; return 1; }
 	sleep 0.1
-	lines_since "$off" '^(STATUS|VERIFY)' | guest
+	wait_for "DISK OK" 2 10 "$off" || { fail "no DISK OK after boot"; return 1; }
+	lines_since "$off" '^(STATUS|VERIFY|DISK)' | tail -4 | guest
 	hb_summary || { fail "no heartbeat summary from hbwatch"; return 1; }
 	say "$(hb_report)"
 	[ "$(hb_field heartbeats)" -gt 0 ] || { fail "no heartbeats"; return 1; }
-	ok "heartbeats flowing, memory verified"
+	ok "heartbeats flowing, memory and disk verified"
 }
 
 step_pause() {
@@ -267,13 +270,16 @@ quit_vm() {
 }
 
 step_save() {
-	header "save the running VM to an image"
+	header "save the running VM to an image (its disk frozen with it)"
 	IMAGE=$WORK/demo.vmsnap
 	hb_window
 	shown "vmsnap save --api \$SOCK demo.vmsnap"
 	"$VMSNAP" save --api "$API" "$IMAGE" 2>&1 | tail -3 | sed 's/^/   /' ||
 		{ fail "vmsnap save failed"; return 1; }
 	[ -s "$IMAGE" ] || { fail "no image written"; return 1; }
+	FROZEN=$(ls "$IMAGE".disk0-* 2>/dev/null | head -1)
+	[ -n "$FROZEN" ] || { fail "the save froze no disk layer"; return 1; }
+	say "disk frozen as $(basename "$FROZEN"); the VM went on writing a new disk.ovl"
 	hb_summary || { fail "no heartbeat summary from hbwatch"; return 1; }
 	say "guest-observed pause (largest heartbeat gap): $(printf '%.1f' "$(hb_field max_gap_ms)") ms"
 	shown "vmsnap verify demo.vmsnap"
@@ -286,9 +292,12 @@ step_save() {
 step_restore() {
 	header "restore the image in a new process (memory mapped copy-on-write)"
 	API=$WORK/restored.sock
-	shown "vmsnap restore demo.vmsnap --memory-mode mmap --api \$SOCK2"
-	start_vm restored "$VMSNAP" restore "$IMAGE" --memory-mode mmap --api "$API"
+	shown "vmsnap restore demo.vmsnap --memory-mode mmap --api \$SOCK2 --disk-overlay restored.ovl"
+	start_vm restored "$VMSNAP" restore "$IMAGE" --memory-mode mmap --api "$API" \
+		--disk-overlay "$WORK/restored.ovl"
 	wait_for "VERIFY OK" 1 20 || { cat "$WORK/restored.err"; fail "no VERIFY OK after restore"; return 1; }
+	wait_for "DISK OK" 1 20 || { fail "no DISK OK after restore"; return 1; }
+	lines_since 0 '^GENID' | guest
 	sleep 0.5
 	local c n
 	for c in $(seq 0 $((CPUS - 1))); do
@@ -297,15 +306,16 @@ step_restore() {
 		[ "$n" -gt 0 ] || { fail "no heartbeats from vCPU $c after restore"; return 1; }
 	done
 	lines_since 0 '^(STATUS|VERIFY)' | tail -3 | guest
-	ok "the guest continued where it was saved; its memory verifies"
+	ok "the guest continued where it was saved (a new generation ID); memory and disk verify"
 }
 
 step_migrate() {
 	header "live-migrate the restored VM to a receiver on 127.0.0.1"
 	local src_pid=$VM_PID src_watch=$WATCH_PID src_status=$VM_STATUS_FILE src_api=$API src_con=$CON
 	API=$WORK/dest.sock
-	shown "vmsnap receive --listen 127.0.0.1:0 --api \$SOCK3 &"
-	start_vm dest "$VMSNAP" receive --listen 127.0.0.1:0 --port-file "$WORK/port" --api "$API"
+	shown "vmsnap receive --listen 127.0.0.1:0 --api \$SOCK3 --disk $(basename "$FROZEN"),overlay=restored.ovl &"
+	start_vm dest "$VMSNAP" receive --listen 127.0.0.1:0 --port-file "$WORK/port" --api "$API" \
+		--disk "$FROZEN,overlay=$WORK/restored.ovl"
 	local i=0
 	while [ ! -s "$WORK/port" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 	[ -s "$WORK/port" ] || { cat "$WORK/dest.err"; fail "the receiver did not start"; return 1; }
@@ -314,7 +324,8 @@ step_migrate() {
 		>"$WORK/migrate.json" 2>"$WORK/migrate.err" || { cat "$WORK/migrate.err"; fail "vmsnap migrate failed"; return 1; }
 	python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("   " + ", ".join(f"{k}={d[k]}" for k in ("elapsed_ms", "round", "downtime_ms", "downtime_target_ms", "bytes_sent", "transport") if k in d))' "$WORK/migrate.json"
 	wait_for "VERIFY OK" 1 20 || { cat "$WORK/dest.err"; fail "no VERIFY OK at the destination"; return 1; }
-	ok "the guest runs at the destination and verifies"
+	wait_for "DISK OK" 1 20 || { fail "no DISK OK at the destination"; return 1; }
+	ok "the guest runs at the destination; memory and disk verify"
 	# The source ends by itself once the destination confirmed.
 	i=0
 	while kill -0 "$src_pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
@@ -332,10 +343,32 @@ step_quit() {
 	quit_vm "vmsnap receive"
 }
 
-# Later issues append steps here (save, restore, clone, migrate).
+step_clone() {
+	header "clone the saved image 4 times (copy-on-write memory, own disk overlays and IDs)"
+	export VMSNAP_RUN_DIR=$WORK/run
+	shown "vmsnap clone demo.vmsnap --count 4 --dir clones"
+	"$VMSNAP" clone "$IMAGE" --count 4 --dir "$WORK/clones" 2>&1 | sed 's/^/   /'
+	[ "${PIPESTATUS[0]}" = 0 ] || { fail "vmsnap clone failed"; return 1; }
+	shown "vmsnap ps"
+	"$VMSNAP" ps | sed 's/^/   /'
+	local i c
+	for i in 0 1 2 3; do
+		c=$WORK/clones/clone$i.console
+		"$HBWATCH" -w "$c" -F "DISK OK" -n 2 -t 20 -f PANIC -f 'VERIFY FAIL' -f 'DISK FAIL' >/dev/null &&
+			"$HBWATCH" -w "$c" -F "VERIFY OK" -t 20 -f PANIC -f 'VERIFY FAIL' >/dev/null ||
+			{ fail "clone$i does not verify"; return 1; }
+		say "clone$i: $(grep -a '^GENID' "$c" | tail -1); memory and disk verify"
+	done
+	[ "$(grep -ah '^GENID.*changed' "$WORK"/clones/*.console | sort -u | wc -l)" = 4 ] ||
+		{ fail "the clones do not have 4 different generation IDs"; return 1; }
+	for i in 0 1 2 3; do "$VMSNAP" ctl "$WORK/clones/clone$i.sock" quit >/dev/null; done
+	for i in $(seq 50); do [ "$("$VMSNAP" ps --json | grep -o '"pid"' | wc -l)" = 0 ] && break; sleep 0.1; done
+	ok "4 clones ran with their own generation IDs and disks, then quit"
+}
+
 STEPS=(step_preflight)
 [ "$SETUP" -eq 1 ] && STEPS+=(step_deps step_build)
-STEPS+=(step_boot step_pause step_resume step_save step_restore step_migrate step_quit)
+STEPS+=(step_boot step_pause step_resume step_save step_restore step_migrate step_quit step_clone)
 
 for s in "${STEPS[@]}"; do
 	"$s" || break
@@ -344,7 +377,7 @@ done
 elapsed=$(printf '%.1f' "$(calc "$(date +%s.%N) - $T_START")")
 echo
 if [ -z "$FAILED" ]; then
-	printf '%sdemo: PASS%s: %d steps in %s s: booted %d vCPUs, paused, resumed, saved, restored, migrated, quit with status 0\n' \
+	printf '%sdemo: PASS%s: %d steps in %s s: booted %d vCPUs with a disk, paused, resumed, saved, restored, migrated, quit with status 0, cloned 4 times\n' \
 		"$G" "$N" "$STEP_NO" "$elapsed" "$CPUS"
 	exit 0
 fi
