@@ -7,6 +7,7 @@
 #include "formats/image.h"
 #include "snapshot/snapshot.h"
 #include "snapshot/snapshot_internal.h"
+#include "util/log.h"
 
 void snap_config_encode(struct enc *e, const struct vm_config *cfg)
 {
@@ -86,6 +87,26 @@ int snap_config_decode(struct dec *d, unsigned int version, struct snap_config *
 	int r = dec_error(d);
 	if (r)
 		snap_config_free(c);
+	return r;
+}
+
+int snap_config_read(struct img *img, const char *path, struct snap_config *c)
+{
+	void *buf = NULL;
+	size_t len;
+	uint16_t ver;
+	memset(c, 0, sizeof(*c));
+	int r = img_read_section(img, IMG_SEC_ID(IMG_SEC_CONFIG, 0), &buf, &len, &ver);
+	if (r == -ENOENT)
+		return 0;
+	if (r)
+		return r; /* logged by the reader */
+	struct dec d;
+	dec_init(&d, buf, len);
+	r = snap_config_decode(&d, ver, c);
+	free(buf);
+	if (r)
+		log_err("%s: corrupt config section (%s)", path, strerror(-r));
 	return r;
 }
 

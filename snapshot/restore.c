@@ -254,26 +254,6 @@ static int load_state(struct img *img, struct vm *vm, uint32_t ncpus)
 	return r;
 }
 
-/* The devices from the config section (an image without one, or of version 1, has none). */
-static int read_devices(struct img *img, const char *path, struct snap_config *c)
-{
-	void *buf = NULL;
-	size_t len;
-	uint16_t ver;
-	int r = img_read_section(img, IMG_SEC_ID(IMG_SEC_CONFIG, 0), &buf, &len, &ver);
-	if (r == -ENOENT)
-		return 0;
-	if (r)
-		return r;
-	struct dec d;
-	dec_init(&d, buf, len);
-	r = snap_config_decode(&d, ver, c);
-	free(buf);
-	if (r)
-		log_err("%s: corrupt config section (%s)", path, strerror(-r));
-	return r;
-}
-
 static char *dup_or_null(const char *s)
 {
 	return s && *s ? strdup(s) : NULL;
@@ -361,7 +341,7 @@ int snap_restore(const struct snap_restore_opts *o, struct snap_restore **out,
 	sr->initrd = dup_or_null(h->vm.initrd);
 	sr->cmdline = dup_or_null(h->vm.cmdline);
 	sr->cpu_template = dup_or_null(h->vm.cpu_template);
-	r = read_devices(img, o->path, &sr->devcfg);
+	r = snap_config_read(img, o->path, &sr->devcfg);
 	if (r)
 		goto out;
 	st->ram_size = h->vm.ram_size;

@@ -21,6 +21,25 @@ struct vm;
 
 #define SNAP_CONFIG_VERSION 2
 
+/* ---- the config section ------------------------------------------------------------------ */
+
+#include "vmm/vm.h"
+
+/** The devices an image's config section lists (strings malloc'ed; snap_config_free). */
+struct snap_config {
+	struct vm_disk_config disks[VM_MAX_DISKS]; /* frozen layers, with their identity */
+	unsigned int ndisks;
+	struct vm_net_config nets[VM_MAX_NETS];
+	unsigned int nnets;
+};
+struct img;
+/**
+ * Read @img's config section into @c (none, or version 1: no devices). 0, or -errno after
+ * logging one line naming @path.
+ */
+int snap_config_read(struct img *img, const char *path, struct snap_config *c);
+void snap_config_free(struct snap_config *c);
+
 /* ---- save ------------------------------------------------------------------------------ */
 
 /**

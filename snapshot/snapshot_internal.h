@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "formats/codec.h"
+#include "snapshot/snapshot.h"
 #include "vmm/vm.h"
 
 /** CLOCK_MONOTONIC in microseconds. */
@@ -22,16 +23,8 @@ uint64_t snap_now_us(void);
  */
 void snap_config_encode(struct enc *e, const struct vm_config *cfg);
 
-/** What the config section says beyond the header (strings malloc'ed). */
-struct snap_config {
-	struct vm_disk_config disks[VM_MAX_DISKS];
-	unsigned int ndisks;
-	struct vm_net_config nets[VM_MAX_NETS];
-	unsigned int nnets;
-};
 /** Decode a config record of @version; 0, -ENOTSUP or -EBADMSG (nothing kept on error). */
 int snap_config_decode(struct dec *d, unsigned int version, struct snap_config *c);
-void snap_config_free(struct snap_config *c);
 
 /* ---- incremental chains (chain.c) ---- */
 

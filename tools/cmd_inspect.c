@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "formats/image.h"
+#include "snapshot/snapshot.h"
 #include "tools/cli.h"
 #include "util/json.h"
 #include "vmm/kvmstate.h"
@@ -110,6 +111,28 @@ static int print_text(struct img *img, const char *path)
 	if (h->vm.initrd[0])
 		printf("  initrd:   %s\n", h->vm.initrd);
 	printf("  cmdline:  %s\n", h->vm.cmdline);
+	struct snap_config c;
+	if (snap_config_read(img, path, &c) == 0) {
+		for (unsigned int i = 0; i < c.ndisks; i++) {
+			char id[17] = "";
+			for (unsigned int k = 0; k < 8 && c.disks[i].has_identity; k++)
+				snprintf(id + 2 * k, 3, "%02x", c.disks[i].id_sha256[k]);
+			printf("  disk %u:   %s%s, %llu bytes, content %s...\n", i, c.disks[i].path,
+			       c.disks[i].readonly ? " (read-only)" : " (frozen layer)",
+			       (unsigned long long)c.disks[i].id_size, id);
+		}
+		for (unsigned int i = 0; i < c.nnets; i++)
+			printf("  net %u:    tap %s%s%s\n", i, c.nets[i].tap,
+			       c.nets[i].mac ? ", mac " : "", c.nets[i].mac ? c.nets[i].mac : "");
+		snap_config_free(&c);
+	}
+	const char *ppath;
+	uint8_t psha[32];
+	if (img_get_parent(img, psha, &ppath) == 0) {
+		char ps[65];
+		sha_hex(ps, psha);
+		printf("parent:     %s, sha256 %s\n", ppath, ps);
+	}
 	printf("sections:\n  %-14s %-10s %3s %-17s %12s %12s  %s\n", "name", "id", "ver", "flags",
 	       "offset", "length", "summary");
 	for (size_t i = 0; i < img_section_count(img); i++) {
@@ -170,6 +193,33 @@ static int print_json(struct img *img, const char *path)
 	jw_kv_str(&w, "kernel", h->vm.kernel);
 	jw_kv_str(&w, "initrd", h->vm.initrd);
 	jw_kv_str(&w, "cmdline", h->vm.cmdline);
+	struct snap_config c;
+	if (snap_config_read(img, path, &c) == 0) {
+		jw_key(&w, "disks");
+		jw_arr_begin(&w);
+		for (unsigned int i = 0; i < c.ndisks; i++) {
+			char id[65] = "";
+			for (unsigned int k = 0; k < 32 && c.disks[i].has_identity; k++)
+				snprintf(id + 2 * k, 3, "%02x", c.disks[i].id_sha256[k]);
+			jw_obj_begin(&w);
+			jw_kv_str(&w, "path", c.disks[i].path);
+			jw_kv_bool(&w, "readonly", c.disks[i].readonly);
+			jw_kv_u64(&w, "size", c.disks[i].id_size);
+			jw_kv_str(&w, "content_sha256", id);
+			jw_obj_end(&w);
+		}
+		jw_arr_end(&w);
+		jw_key(&w, "nets");
+		jw_arr_begin(&w);
+		for (unsigned int i = 0; i < c.nnets; i++) {
+			jw_obj_begin(&w);
+			jw_kv_str(&w, "tap", c.nets[i].tap);
+			jw_kv_str(&w, "mac", c.nets[i].mac ? c.nets[i].mac : "");
+			jw_obj_end(&w);
+		}
+		jw_arr_end(&w);
+		snap_config_free(&c);
+	}
 	jw_key(&w, "regions");
 	jw_arr_begin(&w);
 	for (uint32_t i = 0; i < h->vm.nregions; i++) {
@@ -181,6 +231,17 @@ static int print_json(struct img *img, const char *path)
 	}
 	jw_arr_end(&w);
 	jw_obj_end(&w);
+	const char *ppath;
+	uint8_t psha[32];
+	if (img_get_parent(img, psha, &ppath) == 0) {
+		char ps[65];
+		sha_hex(ps, psha);
+		jw_key(&w, "parent");
+		jw_obj_begin(&w);
+		jw_kv_str(&w, "path", ppath);
+		jw_kv_str(&w, "sha256", ps);
+		jw_obj_end(&w);
+	}
 	jw_key(&w, "sections");
 	jw_arr_begin(&w);
 	for (size_t i = 0; i < img_section_count(img) && !r; i++) {
