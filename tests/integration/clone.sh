@@ -98,6 +98,8 @@ done
 for s in "$WORK"/c/*.sock "$WORK"/cc/*.sock; do "$VMSNAP" ctl "$s" quit >/dev/null 2>&1; done
 for _ in $(seq 100); do [ "$("$VMSNAP" ps --json | grep -c '"pid"')" -eq 0 ] && break; sleep 0.1; done
 check "all clones ended" bash -c "[ \$('$VMSNAP' ps --json | grep -o '\"pid\"' | wc -l) -eq 0 ]"
+check "no clone logged an error or a sanitizer report" \
+	bash -c "! grep -lE 'ERROR|runtime error|vmsnap: .*(fail|cannot)' '$WORK'/c/*.log '$WORK'/cc/*.log"
 check "the image is unchanged" [ "$(sha256sum <"$WORK/tpl.img")" = "$img_sum" ]
 check "the base disk is unchanged" [ "$(sha256sum <"$WORK/base.raw")" = "$base_sum" ]
 check "the image's frozen disk is unchanged" [ "$(sha256sum <"$frozen")" = "$frozen_sum" ]
