@@ -16,14 +16,21 @@ hits all alike), each on a fresh sparse raw file of --mib MiB (truncate) in --di
     if=FILE of=/dev/null bs=REQ` right after (page cache warm, as the guest's read phase finds
     it: it reads what it just wrote), and `bench/blkbench_host rand` (one thread, one 4 KiB pread
     at a time at random offsets, warm) for the same time as the guest's random phase; also
-    `blkbench_host read` (sequential preads into QD rotating REQ-sized buffers: the guest's
-    memory footprint, where dd's one buffer stays in the CPU cache), shown as its own row;
+    `blkbench_host read` (sequential preads into QD rotating REQ-sized buffers in a shared
+    memfd mapping: the kind and footprint of memory a guest reads into under vmsnap, where
+    dd's one buffer stays in the CPU cache), shown as its own row;
   - host-direct (the device under the page cache): the same with oflag=direct / iflag=direct
     and O_DIRECT random reads, the file's pages evicted (POSIX_FADV_DONTNEED) before reading.
 The guest (1 vCPU, 256 MiB): sequential writes of the whole disk in REQ-sized requests, QD in
 flight, then a flush (counted in the write rate), sequential reads of the same, random 4 KiB
 reads for --rand-s; timed with its TSC (DISKBENCH line). All rates in MiB/s (2^20 bytes).
-Figures: median (min-max) over --runs repetitions.
+Figures: median (min-max) over --runs repetitions. A guest case needs two busy host threads
+(the guest's vCPU polls its queue; the VMM's I/O thread copies), the host's dd one: on the
+2-core machine the guest cases suffer first when other work takes a core. "VMM's host CPU":
+CPU time of the VMM process (all threads) from its launch to the DISKBENCH line, per second:
+2.0 means it had both cores throughout; the load average at the start and end is printed too.
+Each case waits first until the machine is quiet (--quiet-idle cores idle over 0.5 s, at most
+--quiet-wait s): other sessions' work on the shared machine comes and goes.
 """
 import argparse
 import os
@@ -67,6 +74,28 @@ class Env:
         os.sync()  # no writeback of an earlier case left to compete with this one
         with open(self.file, "wb") as f:
             f.truncate(self.a.mib * MIB)
+
+
+def idle_cores(window):
+    """Idle CPU of the whole machine over @window seconds, in cores (/proc/stat idle+iowait)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4]
+    i0, t0 = read(), time.monotonic()
+    time.sleep(window)
+    return (read() - i0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
+
+
+def wait_quiet(a):
+    """Before a measurement: wait (at most --quiet-wait s) until the machine has been at least
+    --quiet-idle cores idle over 0.5 s; the other work on this shared machine comes and goes.
+    Returns the idle cores last seen."""
+    deadline = time.monotonic() + a.quiet_wait
+    while True:
+        idle = idle_cores(0.5)
+        if idle >= a.quiet_idle or time.monotonic() >= deadline:
+            return idle
 
 
 def dd(args):
@@ -136,8 +165,9 @@ def run_guest(env, vmm, tag):
     con = open(os.path.join(env.dir, f"{tag}.console"), "wb")
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                          stderr=env.errlog, start_new_session=True)
-    line, setup = None, None
-    deadline = time.monotonic() + 120
+    line, setup, cores = None, None, None
+    t_launch = time.monotonic()
+    deadline = t_launch + 120
     try:
         for raw in p.stdout:
             con.write(raw)
@@ -146,6 +176,11 @@ def run_guest(env, vmm, tag):
                 setup = s.strip()
             if s.startswith("DISKBENCH"):
                 line = s.strip()
+                # host CPU the VMM used (all its threads) per second since its launch
+                with open(f"/proc/{p.pid}/stat") as f:
+                    st = f.read().rsplit(")", 1)[1].split()
+                cores = ((int(st[11]) + int(st[12])) / os.sysconf("SC_CLK_TCK")
+                         / (time.monotonic() - t_launch))
                 break
             if s.startswith(("PANIC", "WARN disk", "DISK ERR")):
                 raise RuntimeError(f"{vmm}: guest says: {s.strip()}")
@@ -162,7 +197,7 @@ def run_guest(env, vmm, tag):
         raise RuntimeError(f"{vmm}: guest saw I/O errors: {line}")
     env.raw(f"{vmm} {setup}")
     return {"seq_write_mibps": r["seq_write_mibps"], "seq_read_mibps": r["seq_read_mibps"],
-            "rand4k_read_iops": r["rand4k_read_iops"], "line": line}
+            "rand4k_read_iops": r["rand4k_read_iops"], "line": line, "vmm_cores": cores}
 
 
 METRICS = ("seq_write_mibps", "seq_read_mibps", "rand4k_read_iops")
@@ -190,6 +225,10 @@ def main():
                     help="sequential request size, guest and dd bs (default 256)")
     ap.add_argument("--rand-s", type=float, default=2.0, help="random phase seconds (default 2)")
     ap.add_argument("--cases", default="host,host-direct,vmsnap,qemu")
+    ap.add_argument("--quiet-idle", type=float, default=1.8,
+                    help="idle cores to wait for before each measurement (default 1.8; 0: off)")
+    ap.add_argument("--quiet-wait", type=float, default=20,
+                    help="longest wait for that, seconds (default 20)")
     ap.add_argument("--dir", help="work directory (default a new /var/tmp/vmsnap-bench-blk.*)")
     ap.add_argument("--markdown", help="also write the table to this file")
     a = ap.parse_args()
@@ -201,13 +240,18 @@ def main():
     fstype = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", a.dir], capture_output=True,
                             text=True).stdout.strip() or "?"
     t_start = time.monotonic()
+    load0 = os.getloadavg()[0]
     log(f"bench/blk: {a.mib} MiB on {a.dir} ({fstype}), {a.runs} runs, qd={a.qd} "
         f"req={a.req_kib} KiB, random {a.rand_s} s; load average {os.getloadavg()[0]:.1f}")
     res = {c: {m: [] for m in METRICS} for c in cases}
     rot = []
+    vcores = {}
+    idles = []
     for i in range(a.runs):
         order = cases[i % len(cases):] + cases[:i % len(cases)]
         for c in order:
+            if a.quiet_idle > 0:
+                idles.append(wait_quiet(a))
             if c in ("host", "host-direct"):
                 r = run_host(env, c == "host-direct")
             else:
@@ -216,8 +260,11 @@ def main():
                 res[c][m].append(r[m])
             if "seq_read_rot_mibps" in r:
                 rot.append(r["seq_read_rot_mibps"])
-            env.raw(f"run={i} case={c} " + " ".join(f"{m}={r[m]:.1f}" for m in METRICS))
-            log(f"  run {i} {c:12s} " + " ".join(f"{m}={r[m]:.0f}" for m in METRICS))
+            if r.get("vmm_cores") is not None:
+                vcores.setdefault(c, []).append(r["vmm_cores"])
+            extra = f" vmm_cores={r['vmm_cores']:.2f}" if r.get("vmm_cores") is not None else ""
+            env.raw(f"run={i} case={c} " + " ".join(f"{m}={r[m]:.1f}" for m in METRICS) + extra)
+            log(f"  run {i} {c:12s} " + " ".join(f"{m}={r[m]:.0f}" for m in METRICS) + extra)
     if os.path.exists(env.file):
         os.unlink(env.file)
     load_end = os.getloadavg()[0]
@@ -229,13 +276,17 @@ def main():
                f"requests {a.req_kib} KiB, random 4 KiB reads for {a.rand_s:g} s; "
                f"median (min-max) of {a.runs} runs")
     out.append("")
-    out.append("| case | seq write MiB/s (incl. flush) | seq read MiB/s | rand 4 KiB read IOPS |")
-    out.append("|---|--:|--:|--:|")
+    out.append("| case | seq write MiB/s (incl. flush) | seq read MiB/s | rand 4 KiB read IOPS "
+               "| VMM's host CPU, cores |")
+    out.append("|---|--:|--:|--:|--:|")
     for c in cases:
-        out.append(f"| {names.get(c, c)} | " + " | ".join(cell(res[c][m]) for m in METRICS) + " |")
+        vc = vcores.get(c)
+        vcs = (f"{statistics.median(vc):.2f} ({min(vc):.2f}-{max(vc):.2f})" if vc else "")
+        out.append(f"| {names.get(c, c)} | " + " | ".join(cell(res[c][m]) for m in METRICS)
+                   + f" | {vcs} |")
         if c == "host" and rot:
-            out.append(f"| host, buffered, reads into {a.qd} rotating {a.req_kib} KiB buffers | - "
-                       f"| {cell(rot)} | - |")
+            out.append(f"| host, buffered, reads into {a.qd} rotating {a.req_kib} KiB buffers "
+                       f"in a memfd | - | {cell(rot)} | - | |")
     med = {c: {m: statistics.median(res[c][m]) for m in METRICS} for c in cases}
     if "host" in med:
         out.append("")
@@ -257,8 +308,12 @@ def main():
                           + ("MET" if r >= 0.8 else "NOT MET"))
             out.append("Target (sequential within 80 % of the host's bound): " + "; ".join(ok))
     out.append("")
-    out.append(f"Load average {os.getloadavg()[0]:.1f} at the end ({load_end:.1f} before cleanup); "
-               f"whole run {time.monotonic() - t_start:.0f} s; raw samples: {a.dir}/raw.txt")
+    if idles:
+        out.append(f"Each case started once the machine had been {a.quiet_idle:g} cores idle over "
+                   f"0.5 s (or after {a.quiet_wait:g} s of waiting): idle cores seen before the "
+                   f"cases: median {statistics.median(idles):.2f}, lowest {min(idles):.2f}.")
+    out.append(f"Load average {load0:.1f} at the start, {load_end:.1f} at the end; whole run "
+               f"{time.monotonic() - t_start:.0f} s; raw samples: {a.dir}/raw.txt")
     text = "\n".join(out)
     print(text)
     if a.markdown:

@@ -42,7 +42,9 @@ so N idle clones load the 2 cores in proportion to N x hz):
     what creating the N VMs alone costs on this machine with perfect parallelism, before any
     state is loaded or any guest code runs.
 Figures: median over --reps repetitions for N <= 10 (1 for larger N); "first hb" columns are the
-median and the largest (= all N running) over the clones of a run.
+median and the largest (= all N running) over the clones of a run. Each run waits first until
+the machine is quiet (--quiet-idle cores idle over 0.5 s, at most --quiet-wait s): other
+sessions' work on the shared machine comes and goes.
 """
 import argparse
 import json
@@ -114,6 +116,28 @@ def wait_gone(pids, timeout=60):
         if left:
             time.sleep(0.02)
     return not left
+
+
+def idle_cores(window):
+    """Idle CPU of the whole machine over @window seconds, in cores (/proc/stat idle+iowait)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4]
+    i0, t0 = read(), time.monotonic()
+    time.sleep(window)
+    return (read() - i0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
+
+
+def wait_quiet(a):
+    """Before a measurement: wait (at most --quiet-wait s) until the machine has been at least
+    --quiet-idle cores idle over 0.5 s; the other work on this shared machine comes and goes.
+    Returns the idle cores last seen."""
+    deadline = time.monotonic() + a.quiet_wait
+    while True:
+        idle = idle_cores(0.5)
+        if idle >= a.quiet_idle or time.monotonic() >= deadline:
+            return idle
 
 
 class QMP:
@@ -497,6 +521,7 @@ def wait_dirtied(consoles, wss, timeout):
 def one_run(env, vmm, mode, tpl, mib, hz, n, dirty=False):
     tag = f"{vmm}{'-' + mode if mode else ''}-{mib}-{hz}-{n}{'-dirty' if dirty else ''}"
     d = env.fresh(tag)
+    idle = wait_quiet(env.a) if env.a.quiet_idle > 0 else None
     if vmm == "vmsnap":
         r = start_vmsnap(env, tpl, n, d)
     else:
@@ -505,6 +530,7 @@ def one_run(env, vmm, mode, tpl, mib, hz, n, dirty=False):
         hb = r["hb"]
         first = sorted((hb[i] - r["t0"]) / 1e6 for i in hb)
         res = {"vmm": vmm, "mode": mode, "mib": mib, "hz": hz, "n": n, "dirty": dirty,
+               "idle_before": idle,
                "returned_ms": r["returned_ms"], "seen": len(hb),
                "hb_median_ms": statistics.median(first) if first else None,
                "hb_max_ms": first[-1] if len(first) == n else None,
@@ -585,6 +611,10 @@ def main():
                     help="seconds after the last first heartbeat before measuring (default 0.5)")
     ap.add_argument("--timeout", type=int, default=60)
     ap.add_argument("--vmms", default="vmsnap,qemu")
+    ap.add_argument("--quiet-idle", type=float, default=1.8,
+                    help="idle cores to wait for before each measurement (default 1.8; 0: off)")
+    ap.add_argument("--quiet-wait", type=float, default=20,
+                    help="longest wait for that, seconds (default 20)")
     ap.add_argument("--dir", help="work directory (default a new /var/tmp/vmsnap-bench-clone.*)")
     ap.add_argument("--markdown", help="also write the tables to this file")
     a = ap.parse_args()
@@ -751,6 +781,11 @@ def main():
                            f"N={n}): {'MET' if q >= 10 * v else 'NOT MET'} "
                            f"({v:.1f} vs {q:.1f} ms, {name[m]}: {q / v:.1f}x)")
     out.append("")
+    idles = [r["idle_before"] for r in runs if r.get("idle_before") is not None]
+    if idles:
+        out.append(f"Each run started once the machine had been {a.quiet_idle:g} cores idle over "
+                   f"0.5 s (or after {a.quiet_wait:g} s of waiting): idle cores seen before the "
+                   f"runs: median {statistics.median(idles):.2f}, lowest {min(idles):.2f}.")
     out.append(f"Load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
                f"whole run {time.monotonic() - t_start:.0f} s; raw figures: {a.dir}/raw.txt")
     text = "\n".join(out)
