@@ -1,0 +1,909 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fuzz target for virtio-blk's queue handler, driven as a guest would: through the virtio-mmio
+ * registers (vm_fd -1: QueueNotify signals the queue's eventfd and the target runs the event
+ * loop itself), with the rings, descriptor chains, request headers (random types, sectors,
+ * lengths, flags) and data buffers all taken from the input and copied into guest RAM.
+ *
+ * Once per process: 64 KiB of RAM, one event loop, and two devices (an active one and a spare
+ * for save/load) on each of four disks: a raw memfd, an overlay on another memfd, and a
+ * read-only raw disk and overlay (files of their own). All disk files are memfds (opened
+ * through /proc/self/fd), so flushes are cheap; the writable overlay is rebuilt from a
+ * pristine copy when it grows past a limit.
+ *
+ * Per input: RAM cleared, the device reset through its Status register, features negotiated
+ * as the header says, queue 0 set up with the header's size and ring addresses (aligned and
+ * inside RAM unless the header asks for them raw), DRIVER_OK, then a script of driver actions.
+ * After every action the loop runs until idle and these must hold:
+ *   - the loop goes idle (no handler that keeps firing);
+ *   - every request taken from the avail ring is completed exactly once (used index advances
+ *     by what last_avail advanced) and counted exactly once in the device's statistics;
+ *   - after a notify, a load or DRIVER_OK on a working queue, the device took every request
+ *     the driver made available (last_avail reaches the avail index, so the used index
+ *     advanced by at most the number of entries offered);
+ *   - a broken ring sets DEVICE_NEEDS_RESET;
+ *   - a state just saved loads into the spare device (same disk, nothing changed).
+ * Accesses outside RAM are for ASan to find.
+ *
+ * Layout (little-endian):
+ *   u8 mode: bits 0-1 disk (0 raw, 1 overlay, 2 raw read-only, 3 overlay read-only),
+ *            bit 2 raw queue registers (QueueNum and addresses as given; u8 hi goes into
+ *            the high word of desc, avail, used when its bit 0, 1, 2 is set),
+ *            bit 3 dirty tracking on
+ *   u8 qsize (QueueNum 1 << (qsize % 10), or qsize itself in raw mode)
+ *   u8 features to refuse (bit 0 FLUSH, 1 DISCARD, 2 WRITE_ZEROES, 3 INDIRECT_DESC,
+ *      4 VERSION_1, 5 RO, 6 SIZE_MAX/SEG_MAX/BLK_SIZE) and bit 7: also ask for MQ (not offered)
+ *   u8 hi, u16 desc, u16 avail, u16 used, u16 mem_len,
+ *   mem_len bytes copied to guest-physical 0,
+ *   script: op bytes (op % 8), some followed by arguments:
+ *     0 notify: u8 v (QueueNotify 0, or v itself when v >= 0x80)
+ *     1 driver write: u16 gpa, u8 value       2 driver offers: u16 head (ring entry + idx)
+ *     3 save, reset, load into the spare, go on with the spare
+ *     4 register write: u8 reg, u32 value     5 register read: u8 reg (then ack interrupts)
+ *     6 driver re-initialises (reset, features, queue, DRIVER_OK as in the header)
+ *     7 driver write: u16 gpa, u8 n, n bytes
+ *   and at the end one more notify of queue 0. Only the first MAX_OPS ops run, and of them
+ *   only the first MAX_SAVES save/loads, so that every input runs in a few milliseconds.
+ *
+ * Seeds in tests/fuzz/corpus/fuzz_virtio_blk/: run this binary with
+ * FUZZ_VIRTIO_BLK_GEN_SEEDS=DIR to regenerate them (see gen_seeds()). With
+ * FUZZ_VIRTIO_BLK_VERBOSE set it logs what the device does and prints its counters per input.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "formats/codec.h"
+#include "util/log.h"
+#include "vmm/evloop.h"
+#include "vmm/gmem.h"
+#include "vmm/virtio_blk.h"
+#include "vmm/virtio_mmio.h"
+#include "vmm/virtq.h"
+
+#define RAM_SIZE     (64u << 10) /* = the reach of a u16 address */
+#define DISK_SIZE    (128u << 10)
+#define OVL_SIZE_MAX (1u << 20) /* rebuild the writable overlay past this */
+#define MAX_OPS	     128	/* script ops run per input, so an input stays fast */
+#define MAX_SAVES    2		/* save/load per input (each hashes the disk three times) */
+#define HDR_SIZE     12
+#define MAX_HANDLERS 1000 /* handler runs per drain before the loop counts as spinning */
+#define MMIO_BASE    0xd0000000ull
+
+#define REG_MAGIC		0x000
+#define REG_DEVICE_FEATURES	0x010
+#define REG_DEVICE_FEATURES_SEL 0x014
+#define REG_DRIVER_FEATURES	0x020
+#define REG_DRIVER_FEATURES_SEL 0x024
+#define REG_QUEUE_SEL		0x030
+#define REG_QUEUE_NUM_MAX	0x034
+#define REG_QUEUE_NUM		0x038
+#define REG_QUEUE_READY		0x044
+#define REG_QUEUE_NOTIFY	0x050
+#define REG_INTERRUPT_STATUS	0x060
+#define REG_INTERRUPT_ACK	0x064
+#define REG_STATUS		0x070
+#define REG_QUEUE_DESC_LOW	0x080
+#define REG_QUEUE_DESC_HIGH	0x084
+#define REG_QUEUE_DRIVER_LOW	0x090
+#define REG_QUEUE_DRIVER_HIGH	0x094
+#define REG_QUEUE_DEVICE_LOW	0x0a0
+#define REG_QUEUE_DEVICE_HIGH	0x0a4
+#define REG_SHM_SEL		0x0ac
+#define REG_CONFIG_GENERATION	0x0fc
+#define REG_CONFIG		0x100
+
+#define ST_ACK	       1u
+#define ST_DRIVER      2u
+#define ST_DRIVER_OK   4u
+#define ST_FEATURES_OK 8u
+#define ST_NEEDS_RESET 0x40u
+
+#define M_RAW_REGS 4u
+#define M_DIRTY	   8u
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+enum { DISK_RAW, DISK_OVL, DISK_RO, DISK_RO_OVL, NDISKS };
+
+struct dev {
+	struct virtio_blk *b;
+	struct virtio_mmio *t;
+};
+
+static struct gmem ram;
+static uint64_t dirty[RAM_SIZE / 4096 / 64 + 1];
+static struct evloop *loop;
+static struct dev devs[NDISKS][2];
+static unsigned int active[NDISKS];
+/* Only raw_fd and ovl_fd are ever written: a read-only layer's hash is cached at its first use
+ * (blkdev assumes nobody writes it), so the read-only disks must not share a file with them. */
+static int raw_fd = -1, raw_ro_fd = -1, base_fd = -1, ovl_fd = -1, ovl_ro_fd = -1;
+static char raw_path[64], raw_ro_path[64], base_path[64], ovl_path[64], ovl_ro_path[64];
+static bool verbose; /* FUZZ_VIRTIO_BLK_VERBOSE: log, and print the counters per input */
+static uint8_t *ovl_pristine;
+static size_t ovl_pristine_len;
+
+/* The input's header, for re-initialisation. */
+struct hdr {
+	uint8_t mode, qsize, refuse, hi;
+	uint16_t desc, avail, used;
+};
+
+static void check(bool ok, const char *what)
+{
+	if (!ok) {
+		fprintf(stderr, "fuzz_virtio_blk: invariant broken: %s\n", what);
+		abort();
+	}
+}
+
+static void die(const char *what)
+{
+	fprintf(stderr, "fuzz_virtio_blk: setup failed: %s\n", what);
+	abort();
+}
+
+static uint16_t rd16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t rd32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ---- the driver's side ---- */
+
+static uint32_t reg_rd(struct dev *d, uint64_t off)
+{
+	uint32_t v;
+	virtio_mmio_io(d->t, off, (uint8_t *)&v, 4, false);
+	return v;
+}
+
+static void reg_wr(struct dev *d, uint64_t off, uint32_t v)
+{
+	virtio_mmio_io(d->t, off, (uint8_t *)&v, 4, true);
+}
+
+static void drain(void)
+{
+	int r, n = 0;
+	while ((r = evloop_run_once(loop, 0)) > 0) {
+		n += r;
+		check(n <= MAX_HANDLERS, "the event loop goes idle");
+	}
+	check(r == 0, "evloop_run_once");
+}
+
+static void ack_irq(struct dev *d)
+{
+	uint64_t v;
+	if (read(virtio_mmio_irq_fd(d->t), &v, sizeof(v)) < 0 && errno != EAGAIN)
+		die("read of the interrupt eventfd");
+	reg_wr(d, REG_INTERRUPT_ACK, reg_rd(d, REG_INTERRUPT_STATUS));
+}
+
+/* Reset, negotiate, set up queue 0 and set DRIVER_OK as @h says. */
+static void driver_init(struct dev *d, const struct hdr *h)
+{
+	reg_wr(d, REG_STATUS, 0);
+	reg_wr(d, REG_STATUS, ST_ACK);
+	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER);
+	reg_wr(d, REG_DEVICE_FEATURES_SEL, 0);
+	uint64_t offered = reg_rd(d, REG_DEVICE_FEATURES);
+	reg_wr(d, REG_DEVICE_FEATURES_SEL, 1);
+	offered |= (uint64_t)reg_rd(d, REG_DEVICE_FEATURES) << 32;
+	static const uint64_t refusable[7] = {
+	    1ull << VIRTIO_BLK_F_FLUSH,
+	    1ull << VIRTIO_BLK_F_DISCARD,
+	    1ull << VIRTIO_BLK_F_WRITE_ZEROES,
+	    1ull << VIRTIO_RING_F_INDIRECT_DESC,
+	    1ull << VIRTIO_F_VERSION_1,
+	    1ull << VIRTIO_BLK_F_RO,
+	    1ull << VIRTIO_BLK_F_SIZE_MAX | 1ull << VIRTIO_BLK_F_SEG_MAX |
+		1ull << VIRTIO_BLK_F_BLK_SIZE,
+	};
+	uint64_t want = offered;
+	for (unsigned int i = 0; i < 7; i++)
+		if (h->refuse & (1u << i))
+			want &= ~refusable[i];
+	if (h->refuse & 0x80)
+		want |= 1ull << VIRTIO_BLK_F_MQ;
+	reg_wr(d, REG_DRIVER_FEATURES_SEL, 0);
+	reg_wr(d, REG_DRIVER_FEATURES, (uint32_t)want);
+	reg_wr(d, REG_DRIVER_FEATURES_SEL, 1);
+	reg_wr(d, REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
+	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+
+	uint32_t num, desc = h->desc, avail = h->avail, used = h->used, hi = 0;
+	if (h->mode & M_RAW_REGS) {
+		num = h->qsize;
+		hi = h->hi;
+	} else {
+		num = 1u << (h->qsize % 10);
+		desc &= ~15u;
+		avail &= ~1u;
+		used &= ~3u;
+	}
+	reg_wr(d, REG_QUEUE_SEL, 0);
+	reg_wr(d, REG_QUEUE_NUM, num);
+	reg_wr(d, REG_QUEUE_DESC_LOW, desc);
+	reg_wr(d, REG_QUEUE_DESC_HIGH, hi & 1 ? hi : 0);
+	reg_wr(d, REG_QUEUE_DRIVER_LOW, avail);
+	reg_wr(d, REG_QUEUE_DRIVER_HIGH, hi & 2 ? hi : 0);
+	reg_wr(d, REG_QUEUE_DEVICE_LOW, used);
+	reg_wr(d, REG_QUEUE_DEVICE_HIGH, hi & 4 ? hi : 0);
+	reg_wr(d, REG_QUEUE_READY, 1);
+	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+}
+
+/* ---- invariants ---- */
+
+struct snap {
+	struct virtq q;
+	uint64_t requests; /* requests the device completed, by its statistics */
+};
+
+static uint64_t requests(struct dev *d)
+{
+	struct virtio_blk_stats s;
+	virtio_blk_get_stats(d->b, &s);
+	return s.rd_ops + s.wr_ops + s.flushes + s.discards + s.write_zeroes + s.get_ids + s.ioerr +
+	       s.unsupp + s.bad_chains;
+}
+
+static struct virtq queue_state(struct dev *d)
+{
+	virtio_mmio_lock(d->t);
+	struct virtq q = *virtio_mmio_queue(d->t, 0);
+	virtio_mmio_unlock(d->t);
+	return q;
+}
+
+static struct snap take_snap(struct dev *d)
+{
+	return (struct snap){.q = queue_state(d), .requests = requests(d)};
+}
+
+/*
+ * After a drain: compare with @before (taken before the actions since). @served: the device
+ * was asked to look at the queue (notify, DRIVER_OK, load).
+ */
+static void check_after(struct dev *d, const struct snap *before, bool served)
+{
+	struct snap now = take_snap(d);
+	uint16_t taken = (uint16_t)(now.q.last_avail - before->q.last_avail);
+	uint16_t done = (uint16_t)(now.q.used_idx - before->q.used_idx);
+	check(taken == done, "every request taken is completed once");
+	check((uint16_t)(now.requests - before->requests) == done &&
+		  now.requests - before->requests <= 0xffff,
+	      "every request completed is counted once");
+	uint32_t status = reg_rd(d, REG_STATUS);
+	if (now.q.broken)
+		check(status & ST_NEEDS_RESET, "a broken ring sets DEVICE_NEEDS_RESET");
+	if (served && (status & ST_DRIVER_OK) && now.q.ready && !now.q.broken) {
+		const uint8_t *avail = gmem_ptr(&ram, now.q.avail_gpa, 4);
+		check(avail != NULL, "a ready queue's avail ring is in RAM");
+		check(rd16(avail + 2) == now.q.last_avail,
+		      "the device takes every request offered");
+	}
+}
+
+/* ---- script actions ---- */
+
+static void offer(struct dev *d, uint16_t head)
+{
+	struct virtq q = queue_state(d);
+	if (!q.size || q.size > VIRTQ_MAX_SIZE)
+		return;
+	uint8_t *avail = gmem_ptr(&ram, q.avail_gpa, 4 + 2ull * q.size);
+	if (!avail)
+		return;
+	uint16_t idx = rd16(avail + 2);
+	uint8_t *slot = avail + 4 + 2u * (idx % q.size);
+	slot[0] = (uint8_t)head;
+	slot[1] = (uint8_t)(head >> 8);
+	idx++;
+	avail[2] = (uint8_t)idx;
+	avail[3] = (uint8_t)(idx >> 8);
+}
+
+static const uint16_t regs[] = {
+    REG_DEVICE_FEATURES_SEL,
+    REG_DRIVER_FEATURES,
+    REG_DRIVER_FEATURES_SEL,
+    REG_QUEUE_SEL,
+    REG_QUEUE_NUM,
+    REG_QUEUE_READY,
+    REG_QUEUE_NOTIFY,
+    REG_INTERRUPT_ACK,
+    REG_STATUS,
+    REG_QUEUE_DESC_LOW,
+    REG_QUEUE_DESC_HIGH,
+    REG_QUEUE_DRIVER_LOW,
+    REG_QUEUE_DRIVER_HIGH,
+    REG_QUEUE_DEVICE_LOW,
+    REG_QUEUE_DEVICE_HIGH,
+    REG_CONFIG_GENERATION,
+    REG_INTERRUPT_STATUS,
+    REG_QUEUE_NUM_MAX,
+    REG_MAGIC,
+    REG_SHM_SEL,
+};
+#define NREGS (sizeof(regs) / sizeof(regs[0]))
+
+/* u8 @sel: a register (sel < 0xc0), else a config access of 1, 2 or 4 bytes. */
+static void reg_access(struct dev *d, uint8_t sel, uint32_t v, bool write)
+{
+	if (sel < 0xc0) {
+		if (write)
+			reg_wr(d, regs[sel % NREGS], v);
+		else
+			(void)reg_rd(d, regs[sel % NREGS]);
+		return;
+	}
+	uint8_t buf[4];
+	unsigned int len = 1u << (v % 3);
+	memcpy(buf, &v, 4);
+	virtio_mmio_io(d->t, REG_CONFIG + (sel & 0x3f), buf, len, write);
+}
+
+static struct dev *save_load(unsigned int disk)
+{
+	struct dev *from = &devs[disk][active[disk]], *to = &devs[disk][!active[disk]];
+	struct snap before = take_snap(from);
+	struct enc e;
+	struct dec dd;
+
+	before.requests = requests(to); /* blk statistics are per device, not saved */
+	enc_init(&e);
+	check(virtio_mmio_save(from->t, &e) == 0, "save");
+	reg_wr(from, REG_STATUS, 0);
+	drain();
+	dec_init(&dd, e.buf, e.len);
+	check(virtio_mmio_load(to->t, &dd, VIRTIO_MMIO_STATE_VERSION) == 0,
+	      "a state just saved loads on the same disk");
+	enc_free(&e);
+	active[disk] = !active[disk];
+	drain();
+	check_after(to, &before, true);
+	return to;
+}
+
+/* ---- set-up ---- */
+
+static int make_memfd(const char *name, char path[64])
+{
+	int fd = memfd_create(name, MFD_CLOEXEC);
+	if (fd < 0)
+		die("memfd_create");
+	snprintf(path, 64, "/proc/self/fd/%d", fd);
+	return fd;
+}
+
+static void fill_disk(int fd)
+{
+	static uint8_t buf[DISK_SIZE];
+	for (uint32_t i = 0; i < DISK_SIZE; i++)
+		buf[i] = (uint8_t)(i * 7 + i / 509 + 1);
+	if (ftruncate(fd, 0) || pwrite(fd, buf, DISK_SIZE, 0) != DISK_SIZE)
+		die("writing a disk");
+}
+
+static void put_file(int fd, const uint8_t *buf, size_t len)
+{
+	if (ftruncate(fd, 0) || pwrite(fd, buf, len, 0) != (ssize_t)len)
+		die("writing the overlay");
+}
+
+/* An empty overlay on the base, made by blkdev_open() in a temporary directory. */
+static void make_overlay(void)
+{
+	char dir[] = "/tmp/fuzz_virtio_blk.XXXXXX", path[96];
+	struct blkdev *d;
+	struct stat st;
+	if (!mkdtemp(dir))
+		die("mkdtemp");
+	snprintf(path, sizeof(path), "%s/disk.ovl", dir);
+	if (blkdev_open(&d, base_path, false, path) || blkdev_close(d))
+		die("creating the overlay");
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st))
+		die("opening the overlay");
+	ovl_pristine_len = (size_t)st.st_size;
+	ovl_pristine = malloc(ovl_pristine_len);
+	if (!ovl_pristine ||
+	    pread(fd, ovl_pristine, ovl_pristine_len, 0) != (ssize_t)ovl_pristine_len)
+		die("reading the overlay");
+	close(fd);
+	unlink(path);
+	rmdir(dir);
+}
+
+static void create_dev(unsigned int disk, unsigned int slot)
+{
+	struct virtio_blk_params p = {.index = disk * 2 + slot};
+	switch (disk) {
+	case DISK_RAW: p.path = raw_path; break;
+	case DISK_OVL:
+		p.path = base_path;
+		p.overlay = ovl_path;
+		break;
+	case DISK_RO:
+		p.path = raw_ro_path;
+		p.readonly = true;
+		break;
+	case DISK_RO_OVL:
+		p.path = base_path;
+		p.overlay = ovl_ro_path;
+		p.readonly = true;
+		break;
+	}
+	struct dev *d = &devs[disk][slot];
+	d->b = virtio_blk_create(&p, &ram, -1, loop, MMIO_BASE + 0x1000ull * p.index, 5 + p.index);
+	if (!d->b)
+		die("virtio_blk_create");
+	d->t = virtio_blk_transport(d->b);
+}
+
+static void setup(void)
+{
+	verbose = getenv("FUZZ_VIRTIO_BLK_VERBOSE") != NULL;
+	/* Guest errors are logged (rate-limited): quiet unless asked. */
+	log_set_level(verbose ? LOG_DEBUG : (enum log_level) - 1);
+	if (gmem_create(&ram, RAM_SIZE, GMEM_ANON))
+		die("gmem_create");
+	loop = evloop_create();
+	if (!loop)
+		die("evloop_create");
+	raw_fd = make_memfd("fuzz_virtio_blk_raw", raw_path);
+	raw_ro_fd = make_memfd("fuzz_virtio_blk_raw_ro", raw_ro_path);
+	base_fd = make_memfd("fuzz_virtio_blk_base", base_path);
+	ovl_fd = make_memfd("fuzz_virtio_blk_ovl", ovl_path);
+	ovl_ro_fd = make_memfd("fuzz_virtio_blk_ovl_ro", ovl_ro_path);
+	fill_disk(raw_fd);
+	fill_disk(raw_ro_fd);
+	fill_disk(base_fd);
+	make_overlay();
+	put_file(ovl_fd, ovl_pristine, ovl_pristine_len);
+	put_file(ovl_ro_fd, ovl_pristine, ovl_pristine_len);
+	for (unsigned int disk = 0; disk < NDISKS; disk++)
+		for (unsigned int slot = 0; slot < 2; slot++)
+			create_dev(disk, slot);
+}
+
+/* The writable overlay only grows: start it again from empty now and then. */
+static void maybe_rebuild_overlay(void)
+{
+	struct stat st;
+	if (fstat(ovl_fd, &st))
+		die("fstat of the overlay");
+	if ((uint64_t)st.st_size <= OVL_SIZE_MAX)
+		return;
+	for (unsigned int slot = 0; slot < 2; slot++)
+		virtio_blk_destroy(devs[DISK_OVL][slot].b);
+	put_file(ovl_fd, ovl_pristine, ovl_pristine_len);
+	for (unsigned int slot = 0; slot < 2; slot++)
+		create_dev(DISK_OVL, slot);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (!loop)
+		setup();
+	if (size < HDR_SIZE)
+		return 0;
+
+	struct hdr h = {.mode = data[0],
+			.qsize = data[1],
+			.refuse = data[2],
+			.hi = data[3],
+			.desc = rd16(data + 4),
+			.avail = rd16(data + 6),
+			.used = rd16(data + 8)};
+	unsigned int disk = h.mode & 3;
+	if (disk == DISK_OVL)
+		maybe_rebuild_overlay();
+	struct dev *d = &devs[disk][active[disk]];
+
+	/* A fresh machine: device reset, RAM cleared, then the input's RAM image. */
+	reg_wr(d, REG_STATUS, 0);
+	drain();
+	ack_irq(d);
+	memset(ram.host, 0, RAM_SIZE);
+	memset(dirty, 0, sizeof(dirty));
+	ram.dirty = (h.mode & M_DIRTY) ? dirty : NULL;
+	size_t pos = HDR_SIZE, mem_len = rd16(data + 10);
+	if (mem_len > size - pos)
+		mem_len = size - pos;
+	memcpy(ram.host, data + pos, mem_len);
+	pos += mem_len;
+
+	struct snap before = take_snap(d);
+	driver_init(d, &h);
+	drain();
+	check_after(d, &before, true);
+
+	unsigned int ops = 0, saves = 0;
+	while (pos < size && ops++ < MAX_OPS) {
+		uint8_t op = data[pos++] % 8;
+		switch (op) {
+		case 0:
+			if (pos < size) {
+				uint8_t v = data[pos++];
+				before = take_snap(d);
+				reg_wr(d, REG_QUEUE_NOTIFY, v >= 0x80 ? v : 0);
+				drain();
+				check_after(d, &before, v < 0x80);
+			}
+			break;
+		case 1:
+			if (pos + 3 <= size) {
+				ram.host[rd16(data + pos)] = data[pos + 2];
+				pos += 3;
+			}
+			break;
+		case 2:
+			if (pos + 2 <= size) {
+				offer(d, rd16(data + pos));
+				pos += 2;
+			}
+			break;
+		case 3:
+			if (saves++ < MAX_SAVES)
+				d = save_load(disk);
+			break;
+		case 4:
+			if (pos + 5 <= size) {
+				before = take_snap(d);
+				reg_access(d, data[pos], rd32(data + pos + 1), true);
+				pos += 5;
+				drain();
+				/* Unless the write reset the device (indices back to 0). */
+				if (reg_rd(d, REG_STATUS) != 0)
+					check_after(d, &before, false);
+			}
+			break;
+		case 5:
+			if (pos < size) {
+				reg_access(d, data[pos++], 0, false);
+				ack_irq(d);
+			}
+			break;
+		case 6:
+			before = take_snap(d);
+			driver_init(d, &h);
+			/* The reset zeroes the indices: compare from there. */
+			before.q = queue_state(d);
+			before.q.last_avail = before.q.used_idx = 0;
+			drain();
+			check_after(d, &before, true);
+			break;
+		case 7:
+			if (pos + 3 <= size) {
+				size_t at = rd16(data + pos), n = data[pos + 2];
+				pos += 3;
+				if (n > size - pos)
+					n = size - pos;
+				if (n > RAM_SIZE - at)
+					n = RAM_SIZE - at;
+				memcpy(ram.host + at, data + pos, n);
+				pos += n;
+			}
+			break;
+		}
+	}
+	before = take_snap(d);
+	reg_wr(d, REG_QUEUE_NOTIFY, 0);
+	drain();
+	check_after(d, &before, true);
+	ram.dirty = NULL;
+	if (verbose) {
+		struct virtio_blk_stats st;
+		struct virtq q = queue_state(d);
+		virtio_blk_get_stats(d->b, &st);
+		fprintf(stderr,
+			"disk %u: status 0x%x, queue ready %d broken %d last_avail %u used %u; "
+			"totals: rd %llu wr %llu flush %llu discard %llu wzeroes %llu get-id %llu "
+			"ioerr %llu unsupp %llu bad %llu\n",
+			disk, reg_rd(d, REG_STATUS), q.ready, q.broken, q.last_avail, q.used_idx,
+			(unsigned long long)st.rd_ops, (unsigned long long)st.wr_ops,
+			(unsigned long long)st.flushes, (unsigned long long)st.discards,
+			(unsigned long long)st.write_zeroes, (unsigned long long)st.get_ids,
+			(unsigned long long)st.ioerr, (unsigned long long)st.unsupp,
+			(unsigned long long)st.bad_chains);
+	}
+	return 0;
+}
+
+/* ---- seed generation ---- */
+
+#define SEED_MEM   0x6000u
+#define SEED_DESC  0x100u /* 32 entries: to 0x300 */
+#define SEED_AVAIL 0x400u
+#define SEED_USED  0x600u
+
+struct seed {
+	uint8_t buf[SEED_MEM + 1024];
+	size_t len;
+};
+
+static uint8_t mem[SEED_MEM];
+static unsigned int ndesc, navail;
+
+static void put(struct seed *s, const void *p, size_t n)
+{
+	memcpy(s->buf + s->len, p, n);
+	s->len += n;
+}
+
+static void put8(struct seed *s, uint8_t v)
+{
+	put(s, &v, 1);
+}
+
+static void put16(struct seed *s, uint16_t v)
+{
+	uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+	put(s, b, 2);
+}
+
+static void mem_le(uint32_t at, uint64_t v, unsigned int n)
+{
+	for (unsigned int i = 0; i < n; i++)
+		mem[at + i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Descriptor @i in the table at @table. */
+static void set_desc(uint32_t table, unsigned int i, uint64_t addr, uint32_t len, uint16_t flags,
+		     uint16_t next)
+{
+	uint32_t at = table + 16 * i;
+	mem_le(at, addr, 8);
+	mem_le(at + 8, len, 4);
+	mem_le(at + 12, flags, 2);
+	mem_le(at + 14, next, 2);
+}
+
+struct seg {
+	uint32_t addr, len;
+	bool write;
+};
+
+/* A chain of @n segments in the ring's table, made available. Returns the head. */
+static uint16_t chain(const struct seg *sg, unsigned int n)
+{
+	uint16_t head = (uint16_t)ndesc;
+	for (unsigned int i = 0; i < n; i++, ndesc++)
+		set_desc(SEED_DESC, ndesc, sg[i].addr, sg[i].len,
+			 (uint16_t)((sg[i].write ? 2 : 0) | (i + 1 < n ? 1 : 0)),
+			 (uint16_t)(ndesc + 1));
+	mem_le(SEED_AVAIL + 4 + 2 * navail, head, 2);
+	navail++;
+	mem_le(SEED_AVAIL + 2, navail, 2);
+	return head;
+}
+
+/* A request header at @at. */
+static void req_hdr(uint32_t at, uint32_t type, uint64_t sector)
+{
+	mem_le(at, type, 4);
+	mem_le(at + 4, 0, 4);
+	mem_le(at + 8, sector, 8);
+}
+
+static void seed_begin(struct seed *s, uint8_t mode, uint8_t refuse)
+{
+	s->len = 0;
+	memset(mem, 0, sizeof(mem));
+	ndesc = navail = 0;
+	put8(s, mode);
+	put8(s, 5); /* 32 entries */
+	put8(s, refuse);
+	put8(s, 0);
+	put16(s, SEED_DESC);
+	put16(s, SEED_AVAIL);
+	put16(s, SEED_USED);
+	put16(s, SEED_MEM);
+}
+
+/* The RAM image up to its last non-zero byte (the rest of RAM is zero anyway). */
+static void seed_mem(struct seed *s)
+{
+	uint16_t n = SEED_MEM;
+	while (n && !mem[n - 1])
+		n--;
+	s->buf[10] = (uint8_t)n;
+	s->buf[11] = (uint8_t)(n >> 8);
+	put(s, mem, n);
+}
+
+static void write_seed(const char *dir, const char *name, const struct seed *s)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	FILE *f = fopen(path, "wb");
+	if (!f || fwrite(s->buf, 1, s->len, f) != s->len || fclose(f)) {
+		perror(path);
+		exit(1);
+	}
+}
+
+/* Write, read back, flush, get-id: every kind of layout for data and status. */
+static void rw_requests(void)
+{
+	req_hdr(0x1000, VIRTIO_BLK_T_OUT, 3);
+	chain((struct seg[]){{0x1000, 16, 0}, {0x2000, 512, 0}, {0x2200, 512, 0}, {0x1010, 1, 1}},
+	      4);
+	req_hdr(0x1020, VIRTIO_BLK_T_IN, 3);
+	chain((struct seg[]){{0x1020, 16, 0}, {0x2400, 1024, 1}, {0x1030, 1, 1}}, 3);
+	req_hdr(0x1040, VIRTIO_BLK_T_IN, 500); /* data and status in one descriptor */
+	chain((struct seg[]){{0x1040, 16, 0}, {0x2800, 513, 1}}, 2);
+	req_hdr(0x1060, VIRTIO_BLK_T_FLUSH, 0);
+	chain((struct seg[]){{0x1060, 16, 0}, {0x1070, 1, 1}}, 2);
+	req_hdr(0x1080, VIRTIO_BLK_T_GET_ID, 0);
+	chain((struct seg[]){{0x1080, 16, 0}, {0x2c00, 20, 1}, {0x1090, 1, 1}}, 3);
+}
+
+__attribute__((constructor)) static void gen_seeds(void)
+{
+	const char *dir = getenv("FUZZ_VIRTIO_BLK_GEN_SEEDS");
+	static struct seed s;
+	if (!dir)
+		return;
+
+	/* Reads, writes, flush, get-id on the raw disk; then a second round offered again. */
+	seed_begin(&s, DISK_RAW, 0);
+	rw_requests();
+	seed_mem(&s);
+	put8(&s, 0); /* notify */
+	put8(&s, 0);
+	put8(&s, 2); /* offer head 0 (the write) again, then notify */
+	put16(&s, 0);
+	put8(&s, 0);
+	put8(&s, 0);
+	write_seed(dir, "rw-raw", &s);
+
+	/* The same on the overlay, write-through (FLUSH refused), dirty tracking. */
+	seed_begin(&s, DISK_OVL | M_DIRTY, 1);
+	rw_requests();
+	seed_mem(&s);
+	write_seed(dir, "rw-overlay", &s);
+
+	/* Read-only disks: the write fails, the rest works. */
+	seed_begin(&s, DISK_RO, 0);
+	rw_requests();
+	seed_mem(&s);
+	write_seed(dir, "rw-ro", &s);
+	seed_begin(&s, DISK_RO_OVL, 0);
+	rw_requests();
+	seed_mem(&s);
+	write_seed(dir, "rw-ro-overlay", &s);
+
+	/* Discard and write-zeroes (two segments, UNMAP), an indirect read. */
+	seed_begin(&s, DISK_RAW, 0);
+	req_hdr(0x1000, VIRTIO_BLK_T_WRITE_ZEROES, 0);
+	mem_le(0x1010, 8, 8); /* sector 8, 4 sectors, UNMAP */
+	mem_le(0x1018, 4, 4);
+	mem_le(0x101c, VIRTIO_BLK_WZ_F_UNMAP, 4);
+	mem_le(0x1020, 100, 8); /* sector 100, 16 sectors */
+	mem_le(0x1028, 16, 4);
+	chain((struct seg[]){{0x1000, 48, 0}, {0x1030, 1, 1}}, 2);
+	req_hdr(0x1040, VIRTIO_BLK_T_DISCARD, 0);
+	mem_le(0x1050, 64, 8);
+	mem_le(0x1058, 128, 4);
+	chain((struct seg[]){{0x1040, 32, 0}, {0x1060, 1, 1}}, 2);
+	req_hdr(0x1080, VIRTIO_BLK_T_IN, 8);
+	set_desc(0xc00, 0, 0x1080, 16, 1, 1); /* indirect table: header, data, status */
+	set_desc(0xc00, 1, 0x2000, 2048, 3, 2);
+	set_desc(0xc00, 2, 0x1090, 1, 2, 0);
+	chain((struct seg[]){{0xc00, 48, 0}}, 1);
+	set_desc(SEED_DESC, ndesc - 1, 0xc00, 48, 4, 0);
+	seed_mem(&s);
+	write_seed(dir, "zeroes-indirect", &s);
+
+	/* Discard and write-zeroes a driver gets wrong (WRITE_ZEROES not negotiated), and a write
+	 * of the overlay magic to the start of a raw disk (refused by blkdev). */
+	seed_begin(&s, DISK_RAW, 4);
+	req_hdr(0x1000, VIRTIO_BLK_T_WRITE_ZEROES, 0); /* not negotiated */
+	mem_le(0x1010, 8, 8);
+	mem_le(0x1018, 4, 4);
+	chain((struct seg[]){{0x1000, 32, 0}, {0x1020, 1, 1}}, 2);
+	req_hdr(0x1040, VIRTIO_BLK_T_DISCARD, 0); /* a flag */
+	mem_le(0x1050, 8, 8);
+	mem_le(0x1058, 4, 4);
+	mem_le(0x105c, VIRTIO_BLK_WZ_F_UNMAP, 4);
+	chain((struct seg[]){{0x1040, 32, 0}, {0x1060, 1, 1}}, 2);
+	req_hdr(0x1080, VIRTIO_BLK_T_DISCARD, 0); /* 20 bytes of segments */
+	mem_le(0x1090, 8, 8);
+	mem_le(0x1098, 4, 4);
+	chain((struct seg[]){{0x1080, 36, 0}, {0x10a8, 1, 1}}, 2);
+	req_hdr(0x10c0, VIRTIO_BLK_T_DISCARD, 0); /* 33 segments */
+	chain((struct seg[]){{0x10c0, 16, 0}, {0x1400, 33 * 16, 0}, {0x10d0, 1, 1}}, 3);
+	req_hdr(0x10e0, VIRTIO_BLK_T_DISCARD, 0); /* past the end */
+	mem_le(0x1100, DISK_SIZE / 512 - 2, 8);
+	mem_le(0x1108, 4, 4);
+	chain((struct seg[]){{0x10e0, 16, 0}, {0x1100, 16, 0}, {0x10f0, 1, 1}}, 3);
+	req_hdr(0x1120, VIRTIO_BLK_T_OUT, 0); /* the overlay magic at sector 0 */
+	memcpy(mem + 0x1800, "VMSNAPOV", 8);
+	chain((struct seg[]){{0x1120, 16, 0}, {0x1800, 512, 0}, {0x1130, 1, 1}}, 3);
+	seed_mem(&s);
+	write_seed(dir, "zeroes-errors", &s);
+
+	/* A ring the device cannot use: the avail index more than the queue size ahead. Then the
+	 * driver starts again. */
+	seed_begin(&s, DISK_RAW, 0);
+	rw_requests();
+	mem_le(SEED_AVAIL + 2, 0x100, 2);
+	seed_mem(&s);
+	put8(&s, 6);
+	write_seed(dir, "broken", &s);
+
+	/* The most segments a request may have (VIRTQ_MAX_IOV, all from an indirect table): a
+	 * read into 1022 data buffers (overlapping: RAM is small); then one more. */
+	seed_begin(&s, DISK_RAW, 0);
+	req_hdr(0x1000, VIRTIO_BLK_T_IN, 0);
+	set_desc(0x2000, 0, 0x1000, 16, 1, 1);
+	for (unsigned int i = 1; i < VIRTQ_MAX_IOV - 1; i++)
+		set_desc(0x2000, i, 0x8000, i == VIRTQ_MAX_IOV - 2 ? 48 : 16, 3, (uint16_t)(i + 1));
+	set_desc(0x2000, VIRTQ_MAX_IOV - 1, 0x1010, 1, 2, 0);
+	chain((struct seg[]){{0x2000, 16 * VIRTQ_MAX_IOV, 0}}, 1);
+	set_desc(SEED_DESC, ndesc - 1, 0x2000, 16 * VIRTQ_MAX_IOV, 4, 0);
+	chain((struct seg[]){{0x1000, 16, 0}, {0x2000, 16 * VIRTQ_MAX_IOV, 0}}, 2);
+	set_desc(SEED_DESC, ndesc - 1, 0x2000, 16 * VIRTQ_MAX_IOV, 4, 0);
+	seed_mem(&s);
+	write_seed(dir, "many-segments", &s);
+
+	/* What a guest gets wrong: a short header, no status byte, past the end, not whole
+	 * sectors, an unknown type, a buffer outside RAM, a loop, a readable after a writable. */
+	seed_begin(&s, DISK_OVL, 0);
+	req_hdr(0x1000, VIRTIO_BLK_T_IN, 0);
+	chain((struct seg[]){{0x1000, 8, 0}, {0x1010, 1, 1}}, 2);
+	req_hdr(0x1020, VIRTIO_BLK_T_FLUSH, 0);
+	chain((struct seg[]){{0x1020, 16, 0}}, 1);
+	req_hdr(0x1040, VIRTIO_BLK_T_IN, DISK_SIZE / 512 - 1);
+	chain((struct seg[]){{0x1040, 16, 0}, {0x2000, 1024, 1}, {0x1050, 1, 1}}, 3);
+	req_hdr(0x1060, VIRTIO_BLK_T_OUT, 0);
+	chain((struct seg[]){{0x1060, 16, 0}, {0x2000, 100, 0}, {0x1070, 1, 1}}, 3);
+	req_hdr(0x1080, 99, 0);
+	chain((struct seg[]){{0x1080, 16, 0}, {0x1090, 1, 1}}, 2);
+	req_hdr(0x10a0, VIRTIO_BLK_T_IN, 0);
+	chain((struct seg[]){{0x10a0, 16, 0}, {0x20000, 512, 1}, {0x10b0, 1, 1}}, 3);
+	uint16_t loop_head = chain((struct seg[]){{0x10a0, 16, 0}, {0x10b0, 1, 1}}, 2);
+	set_desc(SEED_DESC, loop_head + 1u, 0x10b0, 1, 3, (uint16_t)(loop_head + 1u));
+	chain((struct seg[]){{0x10a0, 16, 0}, {0x10b0, 1, 1}, {0x2000, 512, 0}}, 3);
+	seed_mem(&s);
+	write_seed(dir, "errors", &s);
+
+	/* Save and load in the middle of a sequence; register pokes; re-initialisation. */
+	seed_begin(&s, DISK_RAW, 0);
+	rw_requests();
+	seed_mem(&s);
+	put8(&s, 2); /* offer the write again, save/load, notify */
+	put16(&s, 0);
+	put8(&s, 3);
+	put8(&s, 0);
+	put8(&s, 0);
+	put8(&s, 5); /* read InterruptStatus */
+	put8(&s, 16);
+	put8(&s, 4); /* QueueReady 0: the queue stops */
+	put8(&s, 5);
+	put(&s, (const uint8_t[]){0, 0, 0, 0}, 4);
+	put8(&s, 2);
+	put16(&s, 1);
+	put8(&s, 0);
+	put8(&s, 0);
+	put8(&s, 6); /* re-initialise: the requests again */
+	put8(&s, 3);
+	write_seed(dir, "saveload", &s);
+	exit(0);
+}
