@@ -353,12 +353,14 @@ int virtq_load(struct virtq *q, struct dec *d, unsigned int version)
 	/* Unconfigured queues have size 0; any other size is what QueueNum accepted. */
 	if (n.size != 0 && !size_ok(n.size))
 		goto bad;
+	/*
+	 * A broken queue stays broken until a device reset, also after the driver set it not
+	 * ready (Linux does when it removes a queue): that state is saved and loads as it is.
+	 */
 	if (n.ready) {
 		/* RAM bounds need the VM's memory: the transport runs virtq_check() after this. */
 		if (n.size == 0 || !align_ok(&n))
 			goto bad;
-	} else if (n.broken) {
-		goto bad; /* only a ready queue can break; reset clears it */
 	}
 	*q = n;
 	return 0;
