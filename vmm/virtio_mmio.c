@@ -12,50 +12,16 @@
 
 #include "util/log.h"
 
-/* Register offsets (virtio 1.2, 4.2.2, version 2 layout). */
-#define REG_MAGIC		0x000
-#define REG_VERSION		0x004
-#define REG_DEVICE_ID		0x008
-#define REG_VENDOR_ID		0x00c
-#define REG_DEVICE_FEATURES	0x010
-#define REG_DEVICE_FEATURES_SEL 0x014
-#define REG_DRIVER_FEATURES	0x020
-#define REG_DRIVER_FEATURES_SEL 0x024
-#define REG_QUEUE_SEL		0x030
-#define REG_QUEUE_NUM_MAX	0x034
-#define REG_QUEUE_NUM		0x038
-#define REG_QUEUE_READY		0x044
-#define REG_QUEUE_NOTIFY	0x050
-#define REG_INTERRUPT_STATUS	0x060
-#define REG_INTERRUPT_ACK	0x064
-#define REG_STATUS		0x070
-#define REG_QUEUE_DESC_LOW	0x080
-#define REG_QUEUE_DESC_HIGH	0x084
-#define REG_QUEUE_DRIVER_LOW	0x090
-#define REG_QUEUE_DRIVER_HIGH	0x094
-#define REG_QUEUE_DEVICE_LOW	0x0a0
-#define REG_QUEUE_DEVICE_HIGH	0x0a4
-#define REG_SHM_SEL		0x0ac
-#define REG_SHM_LEN_LOW		0x0b0
-#define REG_SHM_LEN_HIGH	0x0b4
-#define REG_SHM_BASE_LOW	0x0b8
-#define REG_SHM_BASE_HIGH	0x0bc
-#define REG_CONFIG_GENERATION	0x0fc
-#define REG_CONFIG		0x100
-
+/* Register offsets and status bits: vmm/virtio_mmio.h. */
 #define MMIO_MAGIC	0x74726976u /* "virt" */
 #define MMIO_VERSION	2u
 #define MMIO_VENDOR	0x4D534E56u
-#define MMIO_CONFIG_MAX (0x1000u - REG_CONFIG) /* config space of a 4 KiB window */
+#define MMIO_CONFIG_MAX (0x1000u - VIRTIO_MMIO_CONFIG) /* config space of a 4 KiB window */
 
-/* Device status bits (virtio 1.2, 2.1). */
-#define ST_ACKNOWLEDGE 0x01u
-#define ST_DRIVER      0x02u
-#define ST_DRIVER_OK   0x04u
-#define ST_FEATURES_OK 0x08u
-#define ST_NEEDS_RESET 0x40u
-#define ST_FAILED      0x80u
-#define ST_DRIVER_BITS (ST_ACKNOWLEDGE | ST_DRIVER | ST_DRIVER_OK | ST_FEATURES_OK | ST_FAILED)
+/* The status bits a driver sets (NEEDS_RESET is the device's). */
+#define ST_DRIVER_BITS                                                                             \
+	(VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_DRIVER_OK |              \
+	 VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_FAILED)
 
 #define BIT(n) (1ull << (n))
 /* Feature bits 24..40 belong to the rings and the transport (virtio 1.2, 6). */
@@ -117,7 +83,7 @@ static int kvm_ioeventfd(struct virtio_mmio *t, struct mmio_queue *s, bool assig
 {
 	struct kvm_ioeventfd io = {
 	    .datamatch = s->index,
-	    .addr = t->base + REG_QUEUE_NOTIFY,
+	    .addr = t->base + VIRTIO_MMIO_QUEUE_NOTIFY,
 	    .len = 4,
 	    .fd = s->efd,
 	    .flags = KVM_IOEVENTFD_FLAG_DATAMATCH | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN),
@@ -141,7 +107,7 @@ static void notify_handler(void *opaque, int fd)
 		log_errno("%s: read notify eventfd", t->ops->name);
 	pthread_mutex_lock(&t->lock);
 	/* The queue may have been reset since the event; and no work before DRIVER_OK. */
-	if (s->efd == fd && s->q.ready && (t->status & ST_DRIVER_OK))
+	if (s->efd == fd && s->q.ready && (t->status & VIRTIO_STATUS_DRIVER_OK))
 		t->ops->queue_notify(t->dev, s->index);
 	pthread_mutex_unlock(&t->lock);
 }
@@ -235,29 +201,29 @@ static void write_status(struct virtio_mmio *t, uint32_t v, struct retired *r)
 	}
 	uint32_t cur = t->status & ST_DRIVER_BITS;
 	uint32_t nv = v & ST_DRIVER_BITS; /* NEEDS_RESET is the device's */
-	if ((cur & ~nv) || (v & ~(ST_DRIVER_BITS | ST_NEEDS_RESET))) {
+	if ((cur & ~nv) || (v & ~(ST_DRIVER_BITS | VIRTIO_STATUS_DEVICE_NEEDS_RESET))) {
 		log_ratelimited(LOG_WARN,
 				"%s: driver wrote status 0x%x over 0x%x without reset; ignored",
 				t->ops->name, v, t->status);
 		return;
 	}
-	if (((nv & ST_DRIVER) && !(nv & ST_ACKNOWLEDGE)) ||
-	    ((nv & ST_FEATURES_OK) && !(nv & ST_DRIVER)) ||
-	    ((nv & ST_DRIVER_OK) && !(nv & ST_FEATURES_OK))) {
+	if (((nv & VIRTIO_STATUS_DRIVER) && !(nv & VIRTIO_STATUS_ACKNOWLEDGE)) ||
+	    ((nv & VIRTIO_STATUS_FEATURES_OK) && !(nv & VIRTIO_STATUS_DRIVER)) ||
+	    ((nv & VIRTIO_STATUS_DRIVER_OK) && !(nv & VIRTIO_STATUS_FEATURES_OK))) {
 		log_ratelimited(LOG_WARN, "%s: status 0x%x out of order; ignored", t->ops->name, v);
 		return;
 	}
 	uint32_t added = nv & ~cur;
-	if ((added & ST_FEATURES_OK) && !features_ok(t, t->driver_features)) {
+	if ((added & VIRTIO_STATUS_FEATURES_OK) && !features_ok(t, t->driver_features)) {
 		/* The driver reads FEATURES_OK back and gives up when it is not there. */
 		log_ratelimited(LOG_WARN, "%s: refusing features 0x%llx (offered 0x%llx)",
 				t->ops->name, (unsigned long long)t->driver_features,
 				(unsigned long long)t->offered);
-		nv &= ~(ST_FEATURES_OK | ST_DRIVER_OK);
-		added &= ~(ST_FEATURES_OK | ST_DRIVER_OK);
+		nv &= ~(VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
+		added &= ~(VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
 	}
-	t->status = nv | (t->status & ST_NEEDS_RESET);
-	if (added & ST_DRIVER_OK) {
+	t->status = nv | (t->status & VIRTIO_STATUS_DEVICE_NEEDS_RESET);
+	if (added & VIRTIO_STATUS_DRIVER_OK) {
 		if (t->ops->driver_ok)
 			t->ops->driver_ok(t->dev);
 		/* Requests queued before DRIVER_OK were not served: look at them now. */
@@ -308,38 +274,38 @@ static uint32_t reg_read(struct virtio_mmio *t, uint64_t off)
 {
 	struct mmio_queue *s = cur_queue(t);
 	switch (off) {
-	case REG_MAGIC: return MMIO_MAGIC;
-	case REG_VERSION: return MMIO_VERSION;
-	case REG_DEVICE_ID: return t->ops->device_id;
-	case REG_VENDOR_ID: return MMIO_VENDOR;
-	case REG_DEVICE_FEATURES:
+	case VIRTIO_MMIO_MAGIC: return MMIO_MAGIC;
+	case VIRTIO_MMIO_VERSION: return MMIO_VERSION;
+	case VIRTIO_MMIO_DEVICE_ID: return t->ops->device_id;
+	case VIRTIO_MMIO_VENDOR_ID: return MMIO_VENDOR;
+	case VIRTIO_MMIO_DEVICE_FEATURES:
 		if (t->device_features_sel > 1)
 			return 0;
 		return (uint32_t)(t->offered >> (32 * t->device_features_sel));
-	case REG_DEVICE_FEATURES_SEL: return t->device_features_sel;
-	case REG_DRIVER_FEATURES:
+	case VIRTIO_MMIO_DEVICE_FEATURES_SEL: return t->device_features_sel;
+	case VIRTIO_MMIO_DRIVER_FEATURES:
 		if (t->driver_features_sel > 1)
 			return 0;
 		return (uint32_t)(t->driver_features >> (32 * t->driver_features_sel));
-	case REG_DRIVER_FEATURES_SEL: return t->driver_features_sel;
-	case REG_QUEUE_SEL: return t->queue_sel;
-	case REG_QUEUE_NUM_MAX: return s ? t->ops->queue_max : 0;
-	case REG_QUEUE_NUM: return s ? s->q.size : 0;
-	case REG_QUEUE_READY: return s ? s->q.ready : 0;
-	case REG_INTERRUPT_STATUS: return t->int_status;
-	case REG_STATUS: return t->status;
-	case REG_QUEUE_DESC_LOW: return s ? (uint32_t)s->q.desc_gpa : 0;
-	case REG_QUEUE_DESC_HIGH: return s ? (uint32_t)(s->q.desc_gpa >> 32) : 0;
-	case REG_QUEUE_DRIVER_LOW: return s ? (uint32_t)s->q.avail_gpa : 0;
-	case REG_QUEUE_DRIVER_HIGH: return s ? (uint32_t)(s->q.avail_gpa >> 32) : 0;
-	case REG_QUEUE_DEVICE_LOW: return s ? (uint32_t)s->q.used_gpa : 0;
-	case REG_QUEUE_DEVICE_HIGH: return s ? (uint32_t)(s->q.used_gpa >> 32) : 0;
+	case VIRTIO_MMIO_DRIVER_FEATURES_SEL: return t->driver_features_sel;
+	case VIRTIO_MMIO_QUEUE_SEL: return t->queue_sel;
+	case VIRTIO_MMIO_QUEUE_NUM_MAX: return s ? t->ops->queue_max : 0;
+	case VIRTIO_MMIO_QUEUE_NUM: return s ? s->q.size : 0;
+	case VIRTIO_MMIO_QUEUE_READY: return s ? s->q.ready : 0;
+	case VIRTIO_MMIO_INTERRUPT_STATUS: return t->int_status;
+	case VIRTIO_MMIO_STATUS: return t->status;
+	case VIRTIO_MMIO_QUEUE_DESC_LOW: return s ? (uint32_t)s->q.desc_gpa : 0;
+	case VIRTIO_MMIO_QUEUE_DESC_HIGH: return s ? (uint32_t)(s->q.desc_gpa >> 32) : 0;
+	case VIRTIO_MMIO_QUEUE_DRIVER_LOW: return s ? (uint32_t)s->q.avail_gpa : 0;
+	case VIRTIO_MMIO_QUEUE_DRIVER_HIGH: return s ? (uint32_t)(s->q.avail_gpa >> 32) : 0;
+	case VIRTIO_MMIO_QUEUE_DEVICE_LOW: return s ? (uint32_t)s->q.used_gpa : 0;
+	case VIRTIO_MMIO_QUEUE_DEVICE_HIGH: return s ? (uint32_t)(s->q.used_gpa >> 32) : 0;
 	/* No shared memory regions: a length (and base) of -1 says so. */
-	case REG_SHM_LEN_LOW:
-	case REG_SHM_LEN_HIGH:
-	case REG_SHM_BASE_LOW:
-	case REG_SHM_BASE_HIGH: return 0xffffffffu;
-	case REG_CONFIG_GENERATION: return t->config_gen;
+	case VIRTIO_MMIO_SHM_LEN_LOW:
+	case VIRTIO_MMIO_SHM_LEN_HIGH:
+	case VIRTIO_MMIO_SHM_BASE_LOW:
+	case VIRTIO_MMIO_SHM_BASE_HIGH: return 0xffffffffu;
+	case VIRTIO_MMIO_CONFIG_GENERATION: return t->config_gen;
 	default:
 		log_ratelimited(LOG_WARN, "%s: read of unknown register 0x%llx", t->ops->name,
 				(unsigned long long)off);
@@ -353,10 +319,10 @@ static void reg_write(struct virtio_mmio *t, uint64_t off, uint32_t v, struct re
 	uint64_t *addr = NULL;
 
 	switch (off) {
-	case REG_DEVICE_FEATURES_SEL: t->device_features_sel = v; return;
-	case REG_DRIVER_FEATURES_SEL: t->driver_features_sel = v; return;
-	case REG_DRIVER_FEATURES:
-		if (t->status & ST_FEATURES_OK) {
+	case VIRTIO_MMIO_DEVICE_FEATURES_SEL: t->device_features_sel = v; return;
+	case VIRTIO_MMIO_DRIVER_FEATURES_SEL: t->driver_features_sel = v; return;
+	case VIRTIO_MMIO_DRIVER_FEATURES:
+		if (t->status & VIRTIO_STATUS_FEATURES_OK) {
 			log_ratelimited(LOG_WARN, "%s: features written after FEATURES_OK; ignored",
 					t->ops->name);
 			return;
@@ -367,8 +333,8 @@ static void reg_write(struct virtio_mmio *t, uint64_t off, uint32_t v, struct re
 			log_ratelimited(LOG_WARN, "%s: driver features word %u = 0x%x ignored",
 					t->ops->name, t->driver_features_sel, v);
 		return;
-	case REG_QUEUE_SEL: t->queue_sel = v; return;
-	case REG_QUEUE_NUM:
+	case VIRTIO_MMIO_QUEUE_SEL: t->queue_sel = v; return;
+	case VIRTIO_MMIO_QUEUE_NUM:
 		if (!s || s->q.ready || v == 0 || v > t->ops->queue_max || (v & (v - 1))) {
 			log_ratelimited(LOG_WARN, "%s: QueueNum %u for queue %u ignored",
 					t->ops->name, v, t->queue_sel);
@@ -376,11 +342,11 @@ static void reg_write(struct virtio_mmio *t, uint64_t off, uint32_t v, struct re
 		}
 		s->q.size = (uint16_t)v;
 		return;
-	case REG_QUEUE_READY:
+	case VIRTIO_MMIO_QUEUE_READY:
 		if (s)
 			queue_set_ready(t, s, v, r);
 		return;
-	case REG_QUEUE_NOTIFY:
+	case VIRTIO_MMIO_QUEUE_NOTIFY:
 		/* With KVM the ioeventfd takes these; here when there is none. */
 		if (v < t->ops->nqueues && t->queues[v].q.ready)
 			kick_queue(t, &t->queues[v]);
@@ -388,15 +354,15 @@ static void reg_write(struct virtio_mmio *t, uint64_t off, uint32_t v, struct re
 			log_ratelimited(LOG_WARN, "%s: notify of queue %u that is not ready",
 					t->ops->name, v);
 		return;
-	case REG_INTERRUPT_ACK: t->int_status &= ~v; return;
-	case REG_STATUS: write_status(t, v, r); return;
-	case REG_QUEUE_DESC_LOW:
-	case REG_QUEUE_DESC_HIGH: addr = s ? &s->q.desc_gpa : NULL; break;
-	case REG_QUEUE_DRIVER_LOW:
-	case REG_QUEUE_DRIVER_HIGH: addr = s ? &s->q.avail_gpa : NULL; break;
-	case REG_QUEUE_DEVICE_LOW:
-	case REG_QUEUE_DEVICE_HIGH: addr = s ? &s->q.used_gpa : NULL; break;
-	case REG_SHM_SEL: return;
+	case VIRTIO_MMIO_INTERRUPT_ACK: t->int_status &= ~v; return;
+	case VIRTIO_MMIO_STATUS: write_status(t, v, r); return;
+	case VIRTIO_MMIO_QUEUE_DESC_LOW:
+	case VIRTIO_MMIO_QUEUE_DESC_HIGH: addr = s ? &s->q.desc_gpa : NULL; break;
+	case VIRTIO_MMIO_QUEUE_DRIVER_LOW:
+	case VIRTIO_MMIO_QUEUE_DRIVER_HIGH: addr = s ? &s->q.avail_gpa : NULL; break;
+	case VIRTIO_MMIO_QUEUE_DEVICE_LOW:
+	case VIRTIO_MMIO_QUEUE_DEVICE_HIGH: addr = s ? &s->q.used_gpa : NULL; break;
+	case VIRTIO_MMIO_SHM_SEL: return;
 	default:
 		log_ratelimited(LOG_WARN, "%s: write of 0x%x to register 0x%llx ignored",
 				t->ops->name, v, (unsigned long long)off);
@@ -434,8 +400,8 @@ void virtio_mmio_io(void *opaque, uint64_t offset, uint8_t *data, unsigned int l
 	struct retired r = {0};
 
 	pthread_mutex_lock(&t->lock);
-	if (offset >= REG_CONFIG) {
-		uint64_t off = offset - REG_CONFIG;
+	if (offset >= VIRTIO_MMIO_CONFIG) {
+		uint64_t off = offset - VIRTIO_MMIO_CONFIG;
 		config_access(t, off > UINT32_MAX ? UINT32_MAX : (uint32_t)off, data, len,
 			      is_write);
 	} else if (len != 4 || offset % 4) {
@@ -561,7 +527,7 @@ uint64_t virtio_mmio_driver_features(const struct virtio_mmio *t)
 
 bool virtio_mmio_running(const struct virtio_mmio *t)
 {
-	return t->status & ST_DRIVER_OK;
+	return t->status & VIRTIO_STATUS_DRIVER_OK;
 }
 
 void virtio_mmio_interrupt(struct virtio_mmio *t, uint32_t bits)
@@ -578,11 +544,11 @@ void virtio_mmio_interrupt(struct virtio_mmio *t, uint32_t bits)
 
 void virtio_mmio_set_needs_reset(struct virtio_mmio *t)
 {
-	if (t->status & ST_NEEDS_RESET)
+	if (t->status & VIRTIO_STATUS_DEVICE_NEEDS_RESET)
 		return;
-	t->status |= ST_NEEDS_RESET;
+	t->status |= VIRTIO_STATUS_DEVICE_NEEDS_RESET;
 	log_warn("%s: device needs reset", t->ops->name);
-	if (t->status & ST_DRIVER_OK)
+	if (t->status & VIRTIO_STATUS_DRIVER_OK)
 		virtio_mmio_interrupt(t, VIRTIO_MMIO_INT_CONFIG);
 }
 
@@ -687,15 +653,15 @@ static int decode_state(struct virtio_mmio *t, struct dec *d, struct mmio_state 
 	if (dec_error(d))
 		return dec_error(d);
 
-	if (st->status & ~(ST_DRIVER_BITS | ST_NEEDS_RESET)) {
+	if (st->status & ~(ST_DRIVER_BITS | VIRTIO_STATUS_DEVICE_NEEDS_RESET)) {
 		why = "unknown status bits";
 		goto bad;
 	}
-	if ((st->status & ST_FEATURES_OK) && !features_ok(t, st->driver_features)) {
+	if ((st->status & VIRTIO_STATUS_FEATURES_OK) && !features_ok(t, st->driver_features)) {
 		why = "accepted features not offered";
 		goto bad;
 	}
-	if ((st->status & ST_DRIVER_OK) && !(st->status & ST_FEATURES_OK)) {
+	if ((st->status & VIRTIO_STATUS_DRIVER_OK) && !(st->status & VIRTIO_STATUS_FEATURES_OK)) {
 		why = "DRIVER_OK without FEATURES_OK";
 		goto bad;
 	}
@@ -769,7 +735,7 @@ int virtio_mmio_load(struct virtio_mmio *t, struct dec *d, unsigned int version)
 		}
 	}
 	/* Serve what the driver queued before the save; its notification may be gone. */
-	if (t->status & ST_DRIVER_OK)
+	if (t->status & VIRTIO_STATUS_DRIVER_OK)
 		for (unsigned int i = 0; i < t->ops->nqueues; i++)
 			if (t->queues[i].q.ready)
 				t->ops->queue_notify(t->dev, i);

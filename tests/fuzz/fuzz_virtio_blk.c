@@ -66,6 +66,7 @@
 #include "vmm/virtio_blk.h"
 #include "vmm/virtio_mmio.h"
 #include "vmm/virtq.h"
+#include "tests/common/virtio_driver.h"
 
 #define RAM_SIZE     (64u << 10) /* = the reach of a u16 address */
 #define DISK_SIZE    (128u << 10)
@@ -75,35 +76,6 @@
 #define HDR_SIZE     12
 #define MAX_HANDLERS 1000 /* handler runs per drain before the loop counts as spinning */
 #define MMIO_BASE    0xd0000000ull
-
-#define REG_MAGIC		0x000
-#define REG_DEVICE_FEATURES	0x010
-#define REG_DEVICE_FEATURES_SEL 0x014
-#define REG_DRIVER_FEATURES	0x020
-#define REG_DRIVER_FEATURES_SEL 0x024
-#define REG_QUEUE_SEL		0x030
-#define REG_QUEUE_NUM_MAX	0x034
-#define REG_QUEUE_NUM		0x038
-#define REG_QUEUE_READY		0x044
-#define REG_QUEUE_NOTIFY	0x050
-#define REG_INTERRUPT_STATUS	0x060
-#define REG_INTERRUPT_ACK	0x064
-#define REG_STATUS		0x070
-#define REG_QUEUE_DESC_LOW	0x080
-#define REG_QUEUE_DESC_HIGH	0x084
-#define REG_QUEUE_DRIVER_LOW	0x090
-#define REG_QUEUE_DRIVER_HIGH	0x094
-#define REG_QUEUE_DEVICE_LOW	0x0a0
-#define REG_QUEUE_DEVICE_HIGH	0x0a4
-#define REG_SHM_SEL		0x0ac
-#define REG_CONFIG_GENERATION	0x0fc
-#define REG_CONFIG		0x100
-
-#define ST_ACK	       1u
-#define ST_DRIVER      2u
-#define ST_DRIVER_OK   4u
-#define ST_FEATURES_OK 8u
-#define ST_NEEDS_RESET 0x40u
 
 #define M_RAW_REGS 4u
 #define M_DIRTY	   8u
@@ -162,18 +134,6 @@ static uint32_t rd32(const uint8_t *p)
 
 /* ---- the driver's side ---- */
 
-static uint32_t reg_rd(struct dev *d, uint64_t off)
-{
-	uint32_t v;
-	virtio_mmio_io(d->t, off, (uint8_t *)&v, 4, false);
-	return v;
-}
-
-static void reg_wr(struct dev *d, uint64_t off, uint32_t v)
-{
-	virtio_mmio_io(d->t, off, (uint8_t *)&v, 4, true);
-}
-
 static void drain(void)
 {
 	int r, n = 0;
@@ -189,19 +149,14 @@ static void ack_irq(struct dev *d)
 	uint64_t v;
 	if (read(virtio_mmio_irq_fd(d->t), &v, sizeof(v)) < 0 && errno != EAGAIN)
 		die("read of the interrupt eventfd");
-	reg_wr(d, REG_INTERRUPT_ACK, reg_rd(d, REG_INTERRUPT_STATUS));
+	vdrv_ack(d->t);
 }
 
 /* Reset, negotiate, set up queue 0 and set DRIVER_OK as @h says. */
 static void driver_init(struct dev *d, const struct hdr *h)
 {
-	reg_wr(d, REG_STATUS, 0);
-	reg_wr(d, REG_STATUS, ST_ACK);
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER);
-	reg_wr(d, REG_DEVICE_FEATURES_SEL, 0);
-	uint64_t offered = reg_rd(d, REG_DEVICE_FEATURES);
-	reg_wr(d, REG_DEVICE_FEATURES_SEL, 1);
-	offered |= (uint64_t)reg_rd(d, REG_DEVICE_FEATURES) << 32;
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
+	uint64_t offered = vdrv_offered(d->t);
 	static const uint64_t refusable[7] = {
 	    1ull << VIRTIO_BLK_F_FLUSH,
 	    1ull << VIRTIO_BLK_F_DISCARD,
@@ -218,11 +173,7 @@ static void driver_init(struct dev *d, const struct hdr *h)
 			want &= ~refusable[i];
 	if (h->refuse & 0x80)
 		want |= 1ull << VIRTIO_BLK_F_MQ;
-	reg_wr(d, REG_DRIVER_FEATURES_SEL, 0);
-	reg_wr(d, REG_DRIVER_FEATURES, (uint32_t)want);
-	reg_wr(d, REG_DRIVER_FEATURES_SEL, 1);
-	reg_wr(d, REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+	vdrv_accept(d->t, want);
 
 	uint32_t num, desc = h->desc, avail = h->avail, used = h->used, hi = 0;
 	if (h->mode & M_RAW_REGS) {
@@ -234,16 +185,12 @@ static void driver_init(struct dev *d, const struct hdr *h)
 		avail &= ~1u;
 		used &= ~3u;
 	}
-	reg_wr(d, REG_QUEUE_SEL, 0);
-	reg_wr(d, REG_QUEUE_NUM, num);
-	reg_wr(d, REG_QUEUE_DESC_LOW, desc);
-	reg_wr(d, REG_QUEUE_DESC_HIGH, hi & 1 ? hi : 0);
-	reg_wr(d, REG_QUEUE_DRIVER_LOW, avail);
-	reg_wr(d, REG_QUEUE_DRIVER_HIGH, hi & 2 ? hi : 0);
-	reg_wr(d, REG_QUEUE_DEVICE_LOW, used);
-	reg_wr(d, REG_QUEUE_DEVICE_HIGH, hi & 4 ? hi : 0);
-	reg_wr(d, REG_QUEUE_READY, 1);
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+	vdrv_queue(d->t, 0, num, (uint64_t)(hi & 1 ? hi : 0) << 32 | desc,
+		   (uint64_t)(hi & 2 ? hi : 0) << 32 | avail,
+		   (uint64_t)(hi & 4 ? hi : 0) << 32 | used);
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS,
+		VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+		    VIRTIO_STATUS_DRIVER_OK);
 }
 
 /* ---- invariants ---- */
@@ -287,10 +234,11 @@ static void check_after(struct dev *d, const struct snap *before, bool served)
 	check((uint16_t)(now.requests - before->requests) == done &&
 		  now.requests - before->requests <= 0xffff,
 	      "every request completed is counted once");
-	uint32_t status = reg_rd(d, REG_STATUS);
+	uint32_t status = vdrv_rd(d->t, VIRTIO_MMIO_STATUS);
 	if (now.q.broken)
-		check(status & ST_NEEDS_RESET, "a broken ring sets DEVICE_NEEDS_RESET");
-	if (served && (status & ST_DRIVER_OK) && now.q.ready && !now.q.broken) {
+		check(status & VIRTIO_STATUS_DEVICE_NEEDS_RESET,
+		      "a broken ring sets DEVICE_NEEDS_RESET");
+	if (served && (status & VIRTIO_STATUS_DRIVER_OK) && now.q.ready && !now.q.broken) {
 		const uint8_t *avail = gmem_ptr(&ram, now.q.avail_gpa, 4);
 		check(avail != NULL, "a ready queue's avail ring is in RAM");
 		check(rd16(avail + 2) == now.q.last_avail,
@@ -318,26 +266,26 @@ static void offer(struct dev *d, uint16_t head)
 }
 
 static const uint16_t regs[] = {
-    REG_DEVICE_FEATURES_SEL,
-    REG_DRIVER_FEATURES,
-    REG_DRIVER_FEATURES_SEL,
-    REG_QUEUE_SEL,
-    REG_QUEUE_NUM,
-    REG_QUEUE_READY,
-    REG_QUEUE_NOTIFY,
-    REG_INTERRUPT_ACK,
-    REG_STATUS,
-    REG_QUEUE_DESC_LOW,
-    REG_QUEUE_DESC_HIGH,
-    REG_QUEUE_DRIVER_LOW,
-    REG_QUEUE_DRIVER_HIGH,
-    REG_QUEUE_DEVICE_LOW,
-    REG_QUEUE_DEVICE_HIGH,
-    REG_CONFIG_GENERATION,
-    REG_INTERRUPT_STATUS,
-    REG_QUEUE_NUM_MAX,
-    REG_MAGIC,
-    REG_SHM_SEL,
+    VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+    VIRTIO_MMIO_DRIVER_FEATURES,
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+    VIRTIO_MMIO_QUEUE_SEL,
+    VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_READY,
+    VIRTIO_MMIO_QUEUE_NOTIFY,
+    VIRTIO_MMIO_INTERRUPT_ACK,
+    VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_QUEUE_DESC_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH,
+    VIRTIO_MMIO_QUEUE_DRIVER_LOW,
+    VIRTIO_MMIO_QUEUE_DRIVER_HIGH,
+    VIRTIO_MMIO_QUEUE_DEVICE_LOW,
+    VIRTIO_MMIO_QUEUE_DEVICE_HIGH,
+    VIRTIO_MMIO_CONFIG_GENERATION,
+    VIRTIO_MMIO_INTERRUPT_STATUS,
+    VIRTIO_MMIO_QUEUE_NUM_MAX,
+    VIRTIO_MMIO_MAGIC,
+    VIRTIO_MMIO_SHM_SEL,
 };
 #define NREGS (sizeof(regs) / sizeof(regs[0]))
 
@@ -346,15 +294,15 @@ static void reg_access(struct dev *d, uint8_t sel, uint32_t v, bool write)
 {
 	if (sel < 0xc0) {
 		if (write)
-			reg_wr(d, regs[sel % NREGS], v);
+			vdrv_wr(d->t, regs[sel % NREGS], v);
 		else
-			(void)reg_rd(d, regs[sel % NREGS]);
+			(void)vdrv_rd(d->t, regs[sel % NREGS]);
 		return;
 	}
 	uint8_t buf[4];
 	unsigned int len = 1u << (v % 3);
 	memcpy(buf, &v, 4);
-	virtio_mmio_io(d->t, REG_CONFIG + (sel & 0x3f), buf, len, write);
+	virtio_mmio_io(d->t, VIRTIO_MMIO_CONFIG + (sel & 0x3f), buf, len, write);
 }
 
 static struct dev *save_load(unsigned int disk)
@@ -367,7 +315,7 @@ static struct dev *save_load(unsigned int disk)
 	before.requests = requests(to); /* blk statistics are per device, not saved */
 	enc_init(&e);
 	check(virtio_mmio_save(from->t, &e) == 0, "save");
-	reg_wr(from, REG_STATUS, 0);
+	vdrv_wr(from->t, VIRTIO_MMIO_STATUS, 0);
 	drain();
 	dec_init(&dd, e.buf, e.len);
 	check(virtio_mmio_load(to->t, &dd, VIRTIO_MMIO_STATE_VERSION) == 0,
@@ -516,7 +464,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct dev *d = &devs[disk][active[disk]];
 
 	/* A fresh machine: device reset, RAM cleared, then the input's RAM image. */
-	reg_wr(d, REG_STATUS, 0);
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
 	drain();
 	ack_irq(d);
 	memset(ram.host, 0, RAM_SIZE);
@@ -541,7 +489,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (pos < size) {
 				uint8_t v = data[pos++];
 				before = take_snap(d);
-				reg_wr(d, REG_QUEUE_NOTIFY, v >= 0x80 ? v : 0);
+				vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, v >= 0x80 ? v : 0);
 				drain();
 				check_after(d, &before, v < 0x80);
 			}
@@ -569,7 +517,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				pos += 5;
 				drain();
 				/* Unless the write reset the device (indices back to 0). */
-				if (reg_rd(d, REG_STATUS) != 0)
+				if (vdrv_rd(d->t, VIRTIO_MMIO_STATUS) != 0)
 					check_after(d, &before, false);
 			}
 			break;
@@ -603,7 +551,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 	}
 	before = take_snap(d);
-	reg_wr(d, REG_QUEUE_NOTIFY, 0);
+	vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	drain();
 	check_after(d, &before, true);
 	ram.dirty = NULL;
@@ -615,8 +563,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			"disk %u: status 0x%x, queue ready %d broken %d last_avail %u used %u; "
 			"totals: rd %llu wr %llu flush %llu discard %llu wzeroes %llu get-id %llu "
 			"ioerr %llu unsupp %llu bad %llu\n",
-			disk, reg_rd(d, REG_STATUS), q.ready, q.broken, q.last_avail, q.used_idx,
-			(unsigned long long)st.rd_ops, (unsigned long long)st.wr_ops,
+			disk, vdrv_rd(d->t, VIRTIO_MMIO_STATUS), q.ready, q.broken, q.last_avail,
+			q.used_idx, (unsigned long long)st.rd_ops, (unsigned long long)st.wr_ops,
 			(unsigned long long)st.flushes, (unsigned long long)st.discards,
 			(unsigned long long)st.write_zeroes, (unsigned long long)st.get_ids,
 			(unsigned long long)st.ioerr, (unsigned long long)st.unsupp,

@@ -76,6 +76,7 @@
 #include "vmm/virtio_mmio.h"
 #include "vmm/virtio_net.h"
 #include "vmm/virtq.h"
+#include "tests/common/virtio_driver.h"
 
 #define RAM_SIZE     (64u << 10) /* = the reach of a u16 address */
 #define HDR_SIZE     18
@@ -85,35 +86,6 @@
 #define ETHERTYPE    0x88B5
 #define MMIO_BASE    0xd0000000ull
 #define NQ	     2
-
-#define REG_MAGIC		0x000
-#define REG_DEVICE_FEATURES	0x010
-#define REG_DEVICE_FEATURES_SEL 0x014
-#define REG_DRIVER_FEATURES	0x020
-#define REG_DRIVER_FEATURES_SEL 0x024
-#define REG_QUEUE_SEL		0x030
-#define REG_QUEUE_NUM_MAX	0x034
-#define REG_QUEUE_NUM		0x038
-#define REG_QUEUE_READY		0x044
-#define REG_QUEUE_NOTIFY	0x050
-#define REG_INTERRUPT_STATUS	0x060
-#define REG_INTERRUPT_ACK	0x064
-#define REG_STATUS		0x070
-#define REG_QUEUE_DESC_LOW	0x080
-#define REG_QUEUE_DESC_HIGH	0x084
-#define REG_QUEUE_DRIVER_LOW	0x090
-#define REG_QUEUE_DRIVER_HIGH	0x094
-#define REG_QUEUE_DEVICE_LOW	0x0a0
-#define REG_QUEUE_DEVICE_HIGH	0x0a4
-#define REG_SHM_SEL		0x0ac
-#define REG_CONFIG_GENERATION	0x0fc
-#define REG_CONFIG		0x100
-
-#define ST_ACK	       1u
-#define ST_DRIVER      2u
-#define ST_DRIVER_OK   4u
-#define ST_FEATURES_OK 8u
-#define ST_NEEDS_RESET 0x40u
 
 #define M_RAW_REGS 1u
 #define M_DIRTY	   2u
@@ -172,18 +144,6 @@ static uint32_t rd32(const uint8_t *p)
 
 /* ---- the driver's side ---- */
 
-static uint32_t reg_rd(struct dev *d, uint64_t off)
-{
-	uint32_t v;
-	virtio_mmio_io(d->t, off, (uint8_t *)&v, 4, false);
-	return v;
-}
-
-static void reg_wr(struct dev *d, uint64_t off, uint32_t v)
-{
-	virtio_mmio_io(d->t, off, (uint8_t *)&v, 4, true);
-}
-
 static void drain(void)
 {
 	int r, n = 0;
@@ -199,33 +159,14 @@ static void ack_irq(struct dev *d)
 	uint64_t v;
 	if (read(virtio_mmio_irq_fd(d->t), &v, sizeof(v)) < 0 && errno != EAGAIN)
 		die("read of the interrupt eventfd");
-	reg_wr(d, REG_INTERRUPT_ACK, reg_rd(d, REG_INTERRUPT_STATUS));
-}
-
-static void setup_queue(struct dev *d, unsigned int qi, uint32_t num, uint32_t desc, uint32_t avail,
-			uint32_t used)
-{
-	reg_wr(d, REG_QUEUE_SEL, qi);
-	reg_wr(d, REG_QUEUE_NUM, num);
-	reg_wr(d, REG_QUEUE_DESC_LOW, desc);
-	reg_wr(d, REG_QUEUE_DESC_HIGH, 0);
-	reg_wr(d, REG_QUEUE_DRIVER_LOW, avail);
-	reg_wr(d, REG_QUEUE_DRIVER_HIGH, 0);
-	reg_wr(d, REG_QUEUE_DEVICE_LOW, used);
-	reg_wr(d, REG_QUEUE_DEVICE_HIGH, 0);
-	reg_wr(d, REG_QUEUE_READY, 1);
+	vdrv_ack(d->t);
 }
 
 /* Reset, negotiate what is offered but @refuse (bits as in the header), up to FEATURES_OK. */
 static void driver_features(struct dev *d, uint8_t refuse)
 {
-	reg_wr(d, REG_STATUS, 0);
-	reg_wr(d, REG_STATUS, ST_ACK);
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER);
-	reg_wr(d, REG_DEVICE_FEATURES_SEL, 0);
-	uint64_t offered = reg_rd(d, REG_DEVICE_FEATURES);
-	reg_wr(d, REG_DEVICE_FEATURES_SEL, 1);
-	offered |= (uint64_t)reg_rd(d, REG_DEVICE_FEATURES) << 32;
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
+	uint64_t offered = vdrv_offered(d->t);
 	static const uint64_t refusable[4] = {
 	    1ull << VIRTIO_NET_F_MAC,
 	    1ull << VIRTIO_NET_F_STATUS,
@@ -238,11 +179,7 @@ static void driver_features(struct dev *d, uint8_t refuse)
 			want &= ~refusable[i];
 	if (refuse & 0x10)
 		want |= 1ull << 0; /* VIRTIO_NET_F_CSUM */
-	reg_wr(d, REG_DRIVER_FEATURES_SEL, 0);
-	reg_wr(d, REG_DRIVER_FEATURES, (uint32_t)want);
-	reg_wr(d, REG_DRIVER_FEATURES_SEL, 1);
-	reg_wr(d, REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK);
+	vdrv_accept(d->t, want);
 }
 
 /* Reset, negotiate, set up the queues and set DRIVER_OK as @h says. */
@@ -253,12 +190,14 @@ static void driver_init(struct dev *d, const struct hdr *h)
 		if (h->refuse & (0x20u << qi))
 			continue;
 		if (h->mode & M_RAW_REGS)
-			setup_queue(d, qi, h->qsize[qi], h->desc[qi], h->avail[qi], h->used[qi]);
+			vdrv_queue(d->t, qi, h->qsize[qi], h->desc[qi], h->avail[qi], h->used[qi]);
 		else
-			setup_queue(d, qi, 1u << (h->qsize[qi] % 10), h->desc[qi] & ~15u,
-				    h->avail[qi] & ~1u, h->used[qi] & ~3u);
+			vdrv_queue(d->t, qi, 1u << (h->qsize[qi] % 10), h->desc[qi] & ~15u,
+				   h->avail[qi] & ~1u, h->used[qi] & ~3u);
 	}
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS,
+		VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+		    VIRTIO_STATUS_DRIVER_OK);
 }
 
 /* ---- invariants ---- */
@@ -292,7 +231,7 @@ static void check_after(struct dev *d, const struct snap *before, unsigned int s
 	    b->tx_packets + b->tx_dropped + b->tx_errors - a->tx_packets - a->tx_dropped -
 		a->tx_errors,
 	};
-	uint32_t status = reg_rd(d, REG_STATUS);
+	uint32_t status = vdrv_rd(d->t, VIRTIO_MMIO_STATUS);
 	/* Receiving writes guest RAM, maybe over the transmit ring's index after the transmit
 	 * queue was served: then "all taken" does not apply. */
 	bool rx_wrote = counted[0] || b->rx_dropped != a->rx_dropped;
@@ -304,10 +243,11 @@ static void check_after(struct dev *d, const struct snap *before, unsigned int s
 		check(counted[i] <= 0xffff && (uint16_t)counted[i] == done,
 		      "every chain completed is counted once");
 		if (q->broken)
-			check(status & ST_NEEDS_RESET, "a broken ring sets DEVICE_NEEDS_RESET");
+			check(status & VIRTIO_STATUS_DEVICE_NEEDS_RESET,
+			      "a broken ring sets DEVICE_NEEDS_RESET");
 		/* Receive buffers wait for packets; transmit chains are all taken at once. */
 		if (i == VIRTIO_NET_TXQ && (served & (1u << i)) && !rx_wrote &&
-		    (status & ST_DRIVER_OK) && q->ready && !q->broken) {
+		    (status & VIRTIO_STATUS_DRIVER_OK) && q->ready && !q->broken) {
 			const uint8_t *avail = gmem_ptr(&ram, q->avail_gpa, 4);
 			check(avail != NULL, "a ready queue's avail ring is in RAM");
 			check(rd16(avail + 2) == q->last_avail,
@@ -341,26 +281,26 @@ static void offer(struct dev *d, unsigned int qi, uint16_t head)
 }
 
 static const uint16_t regs[] = {
-    REG_DEVICE_FEATURES_SEL,
-    REG_DRIVER_FEATURES,
-    REG_DRIVER_FEATURES_SEL,
-    REG_QUEUE_SEL,
-    REG_QUEUE_NUM,
-    REG_QUEUE_READY,
-    REG_QUEUE_NOTIFY,
-    REG_INTERRUPT_ACK,
-    REG_STATUS,
-    REG_QUEUE_DESC_LOW,
-    REG_QUEUE_DESC_HIGH,
-    REG_QUEUE_DRIVER_LOW,
-    REG_QUEUE_DRIVER_HIGH,
-    REG_QUEUE_DEVICE_LOW,
-    REG_QUEUE_DEVICE_HIGH,
-    REG_CONFIG_GENERATION,
-    REG_INTERRUPT_STATUS,
-    REG_QUEUE_NUM_MAX,
-    REG_MAGIC,
-    REG_SHM_SEL,
+    VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+    VIRTIO_MMIO_DRIVER_FEATURES,
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+    VIRTIO_MMIO_QUEUE_SEL,
+    VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_READY,
+    VIRTIO_MMIO_QUEUE_NOTIFY,
+    VIRTIO_MMIO_INTERRUPT_ACK,
+    VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_QUEUE_DESC_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH,
+    VIRTIO_MMIO_QUEUE_DRIVER_LOW,
+    VIRTIO_MMIO_QUEUE_DRIVER_HIGH,
+    VIRTIO_MMIO_QUEUE_DEVICE_LOW,
+    VIRTIO_MMIO_QUEUE_DEVICE_HIGH,
+    VIRTIO_MMIO_CONFIG_GENERATION,
+    VIRTIO_MMIO_INTERRUPT_STATUS,
+    VIRTIO_MMIO_QUEUE_NUM_MAX,
+    VIRTIO_MMIO_MAGIC,
+    VIRTIO_MMIO_SHM_SEL,
 };
 #define NREGS (sizeof(regs) / sizeof(regs[0]))
 
@@ -369,15 +309,15 @@ static void reg_access(struct dev *d, uint8_t sel, uint32_t v, bool write)
 {
 	if (sel < 0xc0) {
 		if (write)
-			reg_wr(d, regs[sel % NREGS], v);
+			vdrv_wr(d->t, regs[sel % NREGS], v);
 		else
-			(void)reg_rd(d, regs[sel % NREGS]);
+			(void)vdrv_rd(d->t, regs[sel % NREGS]);
 		return;
 	}
 	uint8_t buf[4];
 	unsigned int len = 1u << (v % 3);
 	memcpy(buf, &v, 4);
-	virtio_mmio_io(d->t, REG_CONFIG + (sel & 0x3f), buf, len, write);
+	virtio_mmio_io(d->t, VIRTIO_MMIO_CONFIG + (sel & 0x3f), buf, len, write);
 }
 
 static struct dev *save_load(void)
@@ -389,7 +329,7 @@ static struct dev *save_load(void)
 
 	enc_init(&e);
 	check(virtio_mmio_save(from->t, &e) == 0, "save");
-	reg_wr(from, REG_STATUS, 0);
+	vdrv_wr(from->t, VIRTIO_MMIO_STATUS, 0);
 	drain();
 	dec_init(&dd, e.buf, e.len);
 	check(virtio_mmio_load(to->t, &dd, VIRTIO_MMIO_STATE_VERSION) == 0,
@@ -444,8 +384,10 @@ static void empty_tap(struct dev *d)
 	struct snap before = take_snap(d);
 	memset(ram.host, 0, RAM_SIZE);
 	driver_features(d, 0);
-	setup_queue(d, VIRTIO_NET_RXQ, N, DESC, AVAIL, USED);
-	reg_wr(d, REG_STATUS, ST_ACK | ST_DRIVER | ST_FEATURES_OK | ST_DRIVER_OK);
+	vdrv_queue(d->t, VIRTIO_NET_RXQ, N, DESC, AVAIL, USED);
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS,
+		VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+		    VIRTIO_STATUS_DRIVER_OK);
 	for (unsigned int i = 0; i < N; i++) {
 		uint8_t *desc = ram.host + DESC + 16 * i;
 		uint64_t addr = BUFS + (uint64_t)BUF * i;
@@ -460,7 +402,7 @@ static void empty_tap(struct dev *d)
 		uint64_t left = d->in_tap;
 		for (unsigned int i = 0; i < N; i++)
 			offer(d, VIRTIO_NET_RXQ, (uint16_t)i);
-		reg_wr(d, REG_QUEUE_NOTIFY, VIRTIO_NET_RXQ);
+		vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_NET_RXQ);
 		drain();
 		check_after(d, &before, 1);
 		before = take_snap(d);
@@ -468,7 +410,7 @@ static void empty_tap(struct dev *d)
 			break;
 	}
 	check(d->in_tap == 0, "every frame the host sent is delivered or counted as dropped");
-	reg_wr(d, REG_STATUS, 0);
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
 	drain();
 }
 
@@ -604,7 +546,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			die("bringing a tap down");
 
 	/* A fresh machine: device reset, RAM cleared, then the input's RAM image. */
-	reg_wr(d, REG_STATUS, 0);
+	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
 	drain();
 	ack_irq(d);
 	memset(ram.host, 0, RAM_SIZE);
@@ -630,7 +572,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				uint8_t v = data[pos++];
 				uint32_t qi = v >= 0x80 ? v : v & 1u;
 				before = take_snap(d);
-				reg_wr(d, REG_QUEUE_NOTIFY, qi);
+				vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, qi);
 				drain();
 				check_after(d, &before, qi < NQ ? 1u << qi : 0);
 			}
@@ -655,7 +597,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				pos += 5;
 				drain();
 				/* Unless the write reset the device (indices back to 0). */
-				if (reg_rd(d, REG_STATUS) != 0)
+				if (vdrv_rd(d->t, VIRTIO_MMIO_STATUS) != 0)
 					check_after(d, &before, 0);
 			}
 			break;
@@ -699,7 +641,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	for (unsigned int qi = 0; qi < NQ; qi++) {
 		before = take_snap(d);
-		reg_wr(d, REG_QUEUE_NOTIFY, qi);
+		vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, qi);
 		drain();
 		check_after(d, &before, 1u << qi);
 	}
@@ -713,9 +655,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    "%d broken %d last_avail %u used %u; %u frames sent, %llu not received; "
 		    "totals: "
 		    "rx %llu dropped %llu errors %llu, tx %llu dropped %llu errors %llu\n",
-		    d->tap, reg_rd(d, REG_STATUS), s.q[0].ready, s.q[0].broken, s.q[0].last_avail,
-		    s.q[0].used_idx, s.q[1].ready, s.q[1].broken, s.q[1].last_avail,
-		    s.q[1].used_idx, sent, (unsigned long long)d->in_tap,
+		    d->tap, vdrv_rd(d->t, VIRTIO_MMIO_STATUS), s.q[0].ready, s.q[0].broken,
+		    s.q[0].last_avail, s.q[0].used_idx, s.q[1].ready, s.q[1].broken,
+		    s.q[1].last_avail, s.q[1].used_idx, sent, (unsigned long long)d->in_tap,
 		    (unsigned long long)st.rx_packets, (unsigned long long)st.rx_dropped,
 		    (unsigned long long)st.rx_errors, (unsigned long long)st.tx_packets,
 		    (unsigned long long)st.tx_dropped, (unsigned long long)st.tx_errors);

@@ -29,6 +29,7 @@
 #include "vmm/gmem.h"
 #include "vmm/virtio_blk.h"
 #include "vmm/virtio_mmio.h"
+#include "tests/common/virtio_driver.h"
 
 #define KiB 1024ull
 #define MiB (1024ull * 1024)
@@ -39,43 +40,12 @@
 #define BUF_BASE  0x100000ull
 #define DISK_SIZE (1 * MiB)
 
-#define REG_DEVICE_ID		0x008
-#define REG_DEVICE_FEATURES	0x010
-#define REG_DEVICE_FEATURES_SEL 0x014
-#define REG_DRIVER_FEATURES	0x020
-#define REG_DRIVER_FEATURES_SEL 0x024
-#define REG_QUEUE_SEL		0x030
-#define REG_QUEUE_NUM_MAX	0x034
-#define REG_QUEUE_NUM		0x038
-#define REG_QUEUE_READY		0x044
-#define REG_QUEUE_NOTIFY	0x050
-#define REG_INTERRUPT_STATUS	0x060
-#define REG_INTERRUPT_ACK	0x064
-#define REG_STATUS		0x070
-#define REG_QUEUE_DESC_LOW	0x080
-#define REG_QUEUE_DESC_HIGH	0x084
-#define REG_QUEUE_DRIVER_LOW	0x090
-#define REG_QUEUE_DRIVER_HIGH	0x094
-#define REG_QUEUE_DEVICE_LOW	0x0a0
-#define REG_QUEUE_DEVICE_HIGH	0x0a4
-#define REG_CONFIG		0x100
-
-#define DESC_F_NEXT  1
-#define DESC_F_WRITE 2
-
-struct seg {
-	uint64_t gpa;
-	uint32_t len;
-	bool write;
-};
-
 struct fx {
 	struct gmem m;
 	struct evloop *loop;
 	struct virtio_blk *b;
 	struct virtio_mmio *t;
-	uint64_t desc, avail, used;
-	uint16_t avail_idx, used_seen, next_desc;
+	struct vdrv_ring q; /* queue 0 */
 	uint64_t buf_next;
 	uint64_t features; /* offered */
 	char dir[64], disk[128], ov[128], ov2[128], ov3[128], mnt[128];
@@ -87,14 +57,12 @@ struct fx {
 
 static uint32_t rd(struct fx *f, uint64_t off)
 {
-	uint32_t v;
-	virtio_mmio_io(f->t, off, (uint8_t *)&v, 4, false);
-	return v;
+	return vdrv_rd(f->t, off);
 }
 
 static void wr(struct fx *f, uint64_t off, uint32_t v)
 {
-	virtio_mmio_io(f->t, off, (uint8_t *)&v, 4, true);
+	vdrv_wr(f->t, off, v);
 }
 
 static uint64_t cfg(struct fx *f, uint32_t off, unsigned int len)
@@ -102,7 +70,7 @@ static uint64_t cfg(struct fx *f, uint32_t off, unsigned int len)
 	uint64_t v = 0;
 	for (unsigned int i = 0; i < len; i++) {
 		uint8_t b;
-		virtio_mmio_io(f->t, REG_CONFIG + off + i, &b, 1, false);
+		virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG + off + i, &b, 1, false);
 		v |= (uint64_t)b << (8 * i);
 	}
 	return v;
@@ -130,52 +98,21 @@ static void put16(struct fx *f, uint64_t gpa, uint16_t v)
 	assert_int_equal(gmem_write(&f->m, gpa, &v, 2), 0);
 }
 
-static uint16_t get16(struct fx *f, uint64_t gpa)
+static uint16_t add_chain(struct fx *f, const struct vdrv_seg *s, unsigned int n)
 {
-	uint16_t v;
-	assert_int_equal(gmem_read(&f->m, gpa, &v, 2), 0);
-	return v;
-}
-
-static uint16_t add_chain(struct fx *f, const struct seg *s, unsigned int n)
-{
-	uint16_t head = f->next_desc;
-	for (unsigned int i = 0; i < n; i++) {
-		uint16_t idx = (uint16_t)((head + i) % QSIZE);
-		struct {
-			uint64_t addr;
-			uint32_t len;
-			uint16_t flags, next;
-		} d = {s[i].gpa, s[i].len,
-		       (uint16_t)((s[i].write ? DESC_F_WRITE : 0) | (i + 1 < n ? DESC_F_NEXT : 0)),
-		       (uint16_t)((idx + 1) % QSIZE)};
-		assert_int_equal(gmem_write(&f->m, f->desc + 16ull * idx, &d, 16), 0);
-	}
-	f->next_desc = (uint16_t)((head + n) % QSIZE);
-	put16(f, f->avail + 4 + 2ull * (f->avail_idx % QSIZE), head);
-	f->avail_idx++;
-	__atomic_store_n((uint16_t *)gmem_ptr(&f->m, f->avail + 2, 2), f->avail_idx,
-			 __ATOMIC_RELEASE);
-	return head;
+	return vdrv_add_chain(&f->q, s, n);
 }
 
 static void notify(struct fx *f)
 {
-	wr(f, REG_QUEUE_NOTIFY, 0);
+	wr(f, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_true(evloop_run_once(f->loop, 1000) >= 1);
 	drain(f);
 }
 
 static bool next_used(struct fx *f, uint32_t *id, uint32_t *len)
 {
-	if (get16(f, f->used + 2) == f->used_seen)
-		return false;
-	uint32_t e[2];
-	assert_int_equal(gmem_read(&f->m, f->used + 4 + 8ull * (f->used_seen % QSIZE), e, 8), 0);
-	f->used_seen++;
-	*id = e[0];
-	*len = e[1];
-	return true;
+	return vdrv_next_used(&f->q, id, len);
 }
 
 static bool took_irq(struct fx *f)
@@ -183,49 +120,25 @@ static bool took_irq(struct fx *f)
 	uint64_t v;
 	if (read(virtio_mmio_irq_fd(f->t), &v, sizeof(v)) != sizeof(v))
 		return false;
-	uint32_t st = rd(f, REG_INTERRUPT_STATUS);
-	wr(f, REG_INTERRUPT_ACK, st);
-	return st & VIRTIO_MMIO_INT_VRING;
+	return vdrv_ack(f->t) & VIRTIO_MMIO_INT_VRING;
 }
 
 /* Reset, negotiate @accept (of what is offered), set up queue 0, DRIVER_OK. */
 static void driver_init(struct fx *f, uint64_t accept)
 {
-	assert_int_equal(rd(f, REG_DEVICE_ID), VIRTIO_ID_BLOCK);
-	wr(f, REG_STATUS, 0);
-	wr(f, REG_STATUS, 1);
-	wr(f, REG_STATUS, 1 | 2);
-	wr(f, REG_DEVICE_FEATURES_SEL, 0);
-	uint32_t lo = rd(f, REG_DEVICE_FEATURES);
-	wr(f, REG_DEVICE_FEATURES_SEL, 1);
-	uint32_t hi = rd(f, REG_DEVICE_FEATURES);
-	f->features = (uint64_t)hi << 32 | lo;
-	uint64_t want = f->features & accept;
-	wr(f, REG_DRIVER_FEATURES_SEL, 0);
-	wr(f, REG_DRIVER_FEATURES, (uint32_t)want);
-	wr(f, REG_DRIVER_FEATURES_SEL, 1);
-	wr(f, REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
-	wr(f, REG_STATUS, 1 | 2 | 8);
-	assert_int_equal(rd(f, REG_STATUS) & 8, 8);
-	f->desc = RING_BASE;
-	f->avail = f->desc + 16 * QSIZE;
-	f->used = f->avail + 0x1000;
-	f->avail_idx = f->used_seen = f->next_desc = 0;
-	static const uint8_t zero[0x3000];
-	assert_int_equal(gmem_write(&f->m, f->desc, zero, sizeof(zero)), 0);
-	wr(f, REG_QUEUE_SEL, 0);
-	assert_int_equal(rd(f, REG_QUEUE_NUM_MAX), VIRTIO_BLK_QUEUE_SIZE);
-	wr(f, REG_QUEUE_NUM, QSIZE);
-	wr(f, REG_QUEUE_DESC_LOW, (uint32_t)f->desc);
-	wr(f, REG_QUEUE_DESC_HIGH, 0);
-	wr(f, REG_QUEUE_DRIVER_LOW, (uint32_t)f->avail);
-	wr(f, REG_QUEUE_DRIVER_HIGH, 0);
-	wr(f, REG_QUEUE_DEVICE_LOW, (uint32_t)f->used);
-	wr(f, REG_QUEUE_DEVICE_HIGH, 0);
-	wr(f, REG_QUEUE_READY, 1);
-	assert_int_equal(rd(f, REG_QUEUE_READY), 1);
-	wr(f, REG_STATUS, 1 | 2 | 8 | 4);
-	assert_int_equal(rd(f, REG_STATUS), 1 | 2 | 8 | 4);
+	assert_int_equal(rd(f, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_BLOCK);
+	wr(f, VIRTIO_MMIO_STATUS, 0);
+	f->features = vdrv_offered(f->t);
+	vdrv_accept(f->t, f->features & accept);
+	assert_int_equal(rd(f, VIRTIO_MMIO_STATUS) & 8, 8);
+	vdrv_ring_init(&f->q, &f->m, QSIZE, RING_BASE, RING_BASE + 16 * QSIZE,
+		       RING_BASE + 16 * QSIZE + 0x1000, 0x3000);
+	wr(f, VIRTIO_MMIO_QUEUE_SEL, 0);
+	assert_int_equal(rd(f, VIRTIO_MMIO_QUEUE_NUM_MAX), VIRTIO_BLK_QUEUE_SIZE);
+	vdrv_queue(f->t, 0, QSIZE, f->q.desc, f->q.avail, f->q.used);
+	assert_int_equal(rd(f, VIRTIO_MMIO_QUEUE_READY), 1);
+	wr(f, VIRTIO_MMIO_STATUS, 1 | 2 | 8 | 4);
+	assert_int_equal(rd(f, VIRTIO_MMIO_STATUS), 1 | 2 | 8 | 4);
 	drain(f);
 	took_irq(f);
 }
@@ -263,10 +176,10 @@ static struct virtio_blk_params params(struct fx *f)
 static uint8_t request(struct fx *f, uint32_t type, uint64_t sector, uint64_t data_len,
 		       unsigned int nsplit, bool dev_writes, uint64_t *data_gpa, uint32_t *used)
 {
-	struct seg s[16];
+	struct vdrv_seg s[16];
 	unsigned int n = 0;
 	uint8_t hdr[16];
-	uint32_t id, len;
+	uint32_t id = 0, len = 0;
 
 	f->buf_next = BUF_BASE;
 	memset(hdr, 0, sizeof(hdr));
@@ -274,20 +187,20 @@ static uint8_t request(struct fx *f, uint32_t type, uint64_t sector, uint64_t da
 	memcpy(hdr + 8, &sector, 8);
 	uint64_t h = alloc_buf(f, 16);
 	assert_int_equal(gmem_write(&f->m, h, hdr, 16), 0);
-	s[n++] = (struct seg){h, 16, false};
+	s[n++] = (struct vdrv_seg){h, 16, false};
 	uint64_t d = data_gpa && *data_gpa ? *data_gpa : alloc_buf(f, data_len);
 	if (data_gpa)
 		*data_gpa = d;
 	uint64_t off = 0;
 	for (unsigned int i = 0; i < nsplit && data_len; i++) {
 		uint64_t l = i + 1 == nsplit ? data_len - off : data_len / nsplit;
-		s[n++] = (struct seg){d + off, (uint32_t)l, dev_writes};
+		s[n++] = (struct vdrv_seg){d + off, (uint32_t)l, dev_writes};
 		off += l;
 	}
 	uint64_t st = alloc_buf(f, 1);
 	uint8_t ff = 0xee;
 	assert_int_equal(gmem_write(&f->m, st, &ff, 1), 0);
-	s[n++] = (struct seg){st, 1, true};
+	s[n++] = (struct vdrv_seg){st, 1, true};
 	uint16_t head = add_chain(f, s, n);
 	notify(f);
 	assert_true(next_used(f, &id, &len));
@@ -419,11 +332,11 @@ static void test_config_and_features(void **state)
 	assert_int_equal(cfg(f, 56, 1), 1);
 	/* A 4-byte read of capacity's low half through the transport. */
 	uint32_t v;
-	virtio_mmio_io(f->t, REG_CONFIG, (uint8_t *)&v, 4, false);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG, (uint8_t *)&v, 4, false);
 	assert_int_equal(v, DISK_SIZE / 512);
 	/* Writes to config are ignored. */
 	v = 7;
-	virtio_mmio_io(f->t, REG_CONFIG, (uint8_t *)&v, 4, true);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG, (uint8_t *)&v, 4, true);
 	assert_int_equal(cfg(f, 0, 8), DISK_SIZE / 512);
 	device_down(f);
 
@@ -476,7 +389,9 @@ static void test_read_write(void **state)
 	assert_int_equal(gmem_write(&f->m, h, buf, sizeof(buf)), 0);
 	uint64_t st = h + 0x2000;
 	add_chain(
-	    f, (struct seg[]){{h, 10, false}, {h + 10, sizeof(buf) - 10, false}, {st, 1, true}}, 3);
+	    f,
+	    (struct vdrv_seg[]){{h, 10, false}, {h + 10, sizeof(buf) - 10, false}, {st, 1, true}},
+	    3);
 	notify(f);
 	uint32_t id;
 	assert_true(next_used(f, &id, &used));
@@ -487,7 +402,7 @@ static void test_read_write(void **state)
 	type = VIRTIO_BLK_T_IN;
 	memcpy(buf, &type, 4);
 	assert_int_equal(gmem_write(&f->m, h, buf, 16), 0);
-	add_chain(f, (struct seg[]){{h, 16, false}, {h + 0x1000, 1025, true}}, 2);
+	add_chain(f, (struct vdrv_seg[]){{h, 16, false}, {h + 0x1000, 1025, true}}, 2);
 	notify(f);
 	assert_true(next_used(f, &id, &used));
 	assert_int_equal(used, 1025);
@@ -696,20 +611,20 @@ static void test_request_errors(void **state)
 	/* A header shorter than 16 bytes. */
 	uint64_t h = BUF_BASE, st = BUF_BASE + 0x100;
 	*(uint8_t *)gmem_ptr(&f->m, st, 1) = 0xee;
-	add_chain(f, (struct seg[]){{h, 8, false}, {st, 1, true}}, 2);
+	add_chain(f, (struct vdrv_seg[]){{h, 8, false}, {st, 1, true}}, 2);
 	notify(f);
 	assert_true(next_used(f, &id, &used));
 	assert_int_equal(*(uint8_t *)gmem_ptr(&f->m, st, 1), VIRTIO_BLK_S_IOERR);
 	/* No writable byte at all: completed with nothing written. */
 	uint32_t hdr[4] = {VIRTIO_BLK_T_FLUSH, 0, 0, 0};
 	assert_int_equal(gmem_write(&f->m, h, hdr, 16), 0);
-	add_chain(f, (struct seg[]){{h, 16, false}}, 1);
+	add_chain(f, (struct vdrv_seg[]){{h, 16, false}}, 1);
 	notify(f);
 	assert_true(next_used(f, &id, &used));
 	assert_int_equal(used, 0);
 	/* A bad chain: a buffer outside RAM. The head comes back with length 0. */
 	uint16_t head =
-	    add_chain(f, (struct seg[]){{h, 16, false}, {RAM_SIZE + 4096, 512, true}}, 2);
+	    add_chain(f, (struct vdrv_seg[]){{h, 16, false}, {RAM_SIZE + 4096, 512, true}}, 2);
 	notify(f);
 	assert_true(next_used(f, &id, &used));
 	assert_int_equal(id, head);
@@ -881,7 +796,7 @@ static void test_save_load(void **state)
 	/* What a snapshot also has: guest RAM (the rings) and the driver's ring positions. */
 	uint8_t *ram = malloc(RAM_SIZE);
 	memcpy(ram, f->m.host, RAM_SIZE);
-	uint16_t ring[3] = {f->avail_idx, f->used_seen, f->next_desc};
+	uint16_t ring[3] = {f->q.avail_idx, f->q.used_seen, f->q.next_desc};
 	/* The VM goes on writing (into the new overlay). */
 	dev_write(f, 7, 512, 22, 1);
 	dev_write(f, 900, 2048, 23, 1);
@@ -903,9 +818,9 @@ static void test_save_load(void **state)
 	assert_int_equal(load(f, &e), 0);
 	memcpy(f->model, at_save, DISK_SIZE);
 	/* The restored driver goes on from its saved ring positions. */
-	f->avail_idx = ring[0];
-	f->used_seen = ring[1];
-	f->next_desc = ring[2];
+	f->q.avail_idx = ring[0];
+	f->q.used_seen = ring[1];
+	f->q.next_desc = ring[2];
 	drain(f);
 	assert_false(next_used(f, &(uint32_t){0}, &(uint32_t){0}));
 	dev_check(f);
@@ -989,11 +904,11 @@ static void test_no_interrupt_flag(void **state)
 	struct fx *f = *state;
 	struct virtio_blk_params p = params(f);
 	device_up(f, &p);
-	put16(f, f->avail, 1); /* VIRTQ_AVAIL_F_NO_INTERRUPT */
+	put16(f, f->q.avail, 1); /* VIRTQ_AVAIL_F_NO_INTERRUPT */
 	uint64_t d = 0;
 	assert_int_equal(request(f, VIRTIO_BLK_T_FLUSH, 0, 0, 0, false, &d, NULL), VIRTIO_BLK_S_OK);
 	assert_false(took_irq(f));
-	put16(f, f->avail, 0);
+	put16(f, f->q.avail, 0);
 	assert_int_equal(request(f, VIRTIO_BLK_T_FLUSH, 0, 0, 0, false, &d, NULL), VIRTIO_BLK_S_OK);
 	assert_true(took_irq(f));
 }

@@ -29,6 +29,7 @@
 #include "vmm/gmem.h"
 #include "vmm/virtio_mmio.h"
 #include "vmm/virtio_net.h"
+#include "tests/common/virtio_driver.h"
 
 /* ---- option parsing and MACs ---- */
 
@@ -121,47 +122,12 @@ static void test_mac(void **state)
 #define BUF_BASE  0x100000ull
 #define ETHERTYPE 0x88B5
 
-#define REG_DEVICE_ID		0x008
-#define REG_DEVICE_FEATURES	0x010
-#define REG_DEVICE_FEATURES_SEL 0x014
-#define REG_DRIVER_FEATURES	0x020
-#define REG_DRIVER_FEATURES_SEL 0x024
-#define REG_QUEUE_SEL		0x030
-#define REG_QUEUE_NUM_MAX	0x034
-#define REG_QUEUE_NUM		0x038
-#define REG_QUEUE_READY		0x044
-#define REG_QUEUE_NOTIFY	0x050
-#define REG_INTERRUPT_STATUS	0x060
-#define REG_INTERRUPT_ACK	0x064
-#define REG_STATUS		0x070
-#define REG_QUEUE_DESC_LOW	0x080
-#define REG_QUEUE_DESC_HIGH	0x084
-#define REG_QUEUE_DRIVER_LOW	0x090
-#define REG_QUEUE_DRIVER_HIGH	0x094
-#define REG_QUEUE_DEVICE_LOW	0x0a0
-#define REG_QUEUE_DEVICE_HIGH	0x0a4
-#define REG_CONFIG		0x100
-
-#define DESC_F_NEXT  1
-#define DESC_F_WRITE 2
-
-struct ring {
-	uint64_t desc, avail, used;
-	uint16_t avail_idx, used_seen, next_desc;
-};
-
-struct seg {
-	uint64_t gpa;
-	uint32_t len;
-	bool write;
-};
-
 struct fx {
 	struct gmem m;
 	struct evloop *loop;
 	struct virtio_net *n;
 	struct virtio_mmio *t;
-	struct ring q[2];
+	struct vdrv_ring q[2];
 	uint64_t buf_next;
 	char tap[VIRTIO_NET_IFNAMSIZ];
 	int pkt; /* AF_PACKET socket bound to the tap, ethertype ETHERTYPE */
@@ -174,14 +140,12 @@ static unsigned int tap_serial;
 
 static uint32_t rd(struct fx *f, uint64_t off)
 {
-	uint32_t v;
-	virtio_mmio_io(f->t, off, (uint8_t *)&v, 4, false);
-	return v;
+	return vdrv_rd(f->t, off);
 }
 
 static void wr(struct fx *f, uint64_t off, uint32_t v)
 {
-	virtio_mmio_io(f->t, off, (uint8_t *)&v, 4, true);
+	vdrv_wr(f->t, off, v);
 }
 
 /* Run every ready handler (without waiting). */
@@ -215,33 +179,14 @@ static uint16_t get16(struct fx *f, uint64_t gpa)
 }
 
 /* Queue a chain on queue @qi (not notified). Returns its head. */
-static uint16_t add_chain(struct fx *f, unsigned int qi, const struct seg *s, unsigned int n)
+static uint16_t add_chain(struct fx *f, unsigned int qi, const struct vdrv_seg *s, unsigned int n)
 {
-	struct ring *r = &f->q[qi];
-	uint16_t head = r->next_desc;
-	for (unsigned int i = 0; i < n; i++) {
-		uint16_t idx = (uint16_t)((head + i) % QSIZE);
-		struct {
-			uint64_t addr;
-			uint32_t len;
-			uint16_t flags, next;
-		} d = {s[i].gpa, s[i].len,
-		       (uint16_t)((s[i].write ? DESC_F_WRITE : 0) | (i + 1 < n ? DESC_F_NEXT : 0)),
-		       (uint16_t)((idx + 1) % QSIZE)};
-		assert_int_equal(gmem_write(&f->m, r->desc + 16ull * idx, &d, 16), 0);
-	}
-	r->next_desc = (uint16_t)((head + n) % QSIZE);
-	put16(f, r->avail + 4 + 2ull * (r->avail_idx % QSIZE), head);
-	r->avail_idx++;
-	/* Publish as a driver does: descriptors and ring entry before the index (release). */
-	__atomic_store_n((uint16_t *)gmem_ptr(&f->m, r->avail + 2, 2), r->avail_idx,
-			 __ATOMIC_RELEASE);
-	return head;
+	return vdrv_add_chain(&f->q[qi], s, n);
 }
 
 static void notify(struct fx *f, unsigned int qi)
 {
-	wr(f, REG_QUEUE_NOTIFY, qi);
+	wr(f, VIRTIO_MMIO_QUEUE_NOTIFY, qi);
 	assert_true(evloop_run_once(f->loop, 1000) >= 1);
 	drain(f);
 }
@@ -249,15 +194,7 @@ static void notify(struct fx *f, unsigned int qi)
 /* Next used element of queue @qi, if any: head and length. */
 static bool next_used(struct fx *f, unsigned int qi, uint32_t *id, uint32_t *len)
 {
-	struct ring *r = &f->q[qi];
-	if (get16(f, r->used + 2) == r->used_seen)
-		return false;
-	uint32_t e[2];
-	assert_int_equal(gmem_read(&f->m, r->used + 4 + 8ull * (r->used_seen % QSIZE), e, 8), 0);
-	r->used_seen++;
-	*id = e[0];
-	*len = e[1];
-	return true;
+	return vdrv_next_used(&f->q[qi], id, len);
 }
 
 /* Whether the device signalled an interrupt since the last call (and ack it). */
@@ -266,9 +203,7 @@ static bool took_irq(struct fx *f)
 	uint64_t v;
 	if (read(virtio_mmio_irq_fd(f->t), &v, sizeof(v)) != sizeof(v))
 		return false;
-	uint32_t st = rd(f, REG_INTERRUPT_STATUS);
-	wr(f, REG_INTERRUPT_ACK, st);
-	return st & VIRTIO_MMIO_INT_VRING;
+	return vdrv_ack(f->t) & VIRTIO_MMIO_INT_VRING;
 }
 
 static int ifflags(const char *name, bool up)
@@ -385,14 +320,8 @@ static void device_up(struct fx *f, const struct virtio_net_params *p)
 /* What a driver does from reset: features, both queues on zeroed rings, DRIVER_OK if @ok. */
 static void driver_init(struct fx *f, bool ok)
 {
-	assert_int_equal(rd(f, REG_DEVICE_ID), VIRTIO_ID_NET);
-	wr(f, REG_STATUS, 1);
-	wr(f, REG_STATUS, 1 | 2);
-	wr(f, REG_DEVICE_FEATURES_SEL, 0);
-	uint32_t lo = rd(f, REG_DEVICE_FEATURES);
-	wr(f, REG_DEVICE_FEATURES_SEL, 1);
-	uint32_t hi = rd(f, REG_DEVICE_FEATURES);
-	uint64_t feat = (uint64_t)hi << 32 | lo;
+	assert_int_equal(rd(f, VIRTIO_MMIO_DEVICE_ID), VIRTIO_ID_NET);
+	uint64_t feat = vdrv_offered(f->t);
 	assert_true(feat & (1ull << VIRTIO_NET_F_MAC));
 	assert_true(feat & (1ull << VIRTIO_NET_F_STATUS));
 	assert_true(feat & (1ull << VIRTIO_F_VERSION_1));
@@ -402,42 +331,27 @@ static void driver_init(struct fx *f, bool ok)
 	    feat & 0x47ffffull & ~(1ull << VIRTIO_NET_F_MAC | 1ull << VIRTIO_NET_F_STATUS), 0);
 	uint64_t want =
 	    1ull << VIRTIO_NET_F_MAC | 1ull << VIRTIO_NET_F_STATUS | 1ull << VIRTIO_F_VERSION_1;
-	wr(f, REG_DRIVER_FEATURES_SEL, 0);
-	wr(f, REG_DRIVER_FEATURES, (uint32_t)want);
-	wr(f, REG_DRIVER_FEATURES_SEL, 1);
-	wr(f, REG_DRIVER_FEATURES, (uint32_t)(want >> 32));
-	wr(f, REG_STATUS, 1 | 2 | 8);
-	assert_int_equal(rd(f, REG_STATUS) & 8, 8);
+	vdrv_accept(f->t, want);
+	assert_int_equal(rd(f, VIRTIO_MMIO_STATUS) & 8, 8);
 	for (unsigned int i = 0; i < 2; i++) {
-		struct ring *r = &f->q[i];
-		r->desc = 0x10000ull * (i + 1);
-		r->avail = r->desc + 0x1000;
-		r->used = r->desc + 0x2000;
-		r->avail_idx = r->used_seen = r->next_desc = 0;
-		static const uint8_t zero[0x3000];
-		assert_int_equal(gmem_write(&f->m, r->desc, zero, sizeof(zero)), 0);
-		wr(f, REG_QUEUE_SEL, i);
-		assert_int_equal(rd(f, REG_QUEUE_NUM_MAX), VIRTIO_NET_QUEUE_SIZE);
-		wr(f, REG_QUEUE_NUM, QSIZE);
-		wr(f, REG_QUEUE_DESC_LOW, (uint32_t)r->desc);
-		wr(f, REG_QUEUE_DESC_HIGH, 0);
-		wr(f, REG_QUEUE_DRIVER_LOW, (uint32_t)r->avail);
-		wr(f, REG_QUEUE_DRIVER_HIGH, 0);
-		wr(f, REG_QUEUE_DEVICE_LOW, (uint32_t)r->used);
-		wr(f, REG_QUEUE_DEVICE_HIGH, 0);
-		wr(f, REG_QUEUE_READY, 1);
-		assert_int_equal(rd(f, REG_QUEUE_READY), 1);
+		struct vdrv_ring *r = &f->q[i];
+		uint64_t desc = 0x10000ull * (i + 1);
+		vdrv_ring_init(r, &f->m, QSIZE, desc, desc + 0x1000, desc + 0x2000, 0x3000);
+		wr(f, VIRTIO_MMIO_QUEUE_SEL, i);
+		assert_int_equal(rd(f, VIRTIO_MMIO_QUEUE_NUM_MAX), VIRTIO_NET_QUEUE_SIZE);
+		vdrv_queue(f->t, i, QSIZE, r->desc, r->avail, r->used);
+		assert_int_equal(rd(f, VIRTIO_MMIO_QUEUE_READY), 1);
 	}
 	if (!ok)
 		return;
-	wr(f, REG_STATUS, 1 | 2 | 8 | 4);
-	assert_int_equal(rd(f, REG_STATUS), 1 | 2 | 8 | 4);
+	wr(f, VIRTIO_MMIO_STATUS, 1 | 2 | 8 | 4);
+	assert_int_equal(rd(f, VIRTIO_MMIO_STATUS), 1 | 2 | 8 | 4);
 	drain(f);
 	took_irq(f);
 	/* The MAC through config space. */
 	for (unsigned int i = 0; i < 6; i++) {
 		uint8_t b;
-		virtio_mmio_io(f->t, REG_CONFIG + i, &b, 1, false);
+		virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG + i, &b, 1, false);
 		f->mac[i] = b;
 	}
 }
@@ -518,15 +432,15 @@ static void test_config_and_tap(void **state)
 	assert_memory_equal(mac, p.mac, 6);
 	assert_string_equal(virtio_net_tap_name(f->n), f->tap);
 	uint16_t status;
-	virtio_mmio_io(f->t, REG_CONFIG + 6, (uint8_t *)&status, 2, false);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG + 6, (uint8_t *)&status, 2, false);
 	assert_int_equal(status, VIRTIO_NET_S_LINK_UP);
 	uint32_t w;
-	virtio_mmio_io(f->t, REG_CONFIG + 4, (uint8_t *)&w, 4, false);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG + 4, (uint8_t *)&w, 4, false);
 	assert_int_equal(w, 0x000101efu); /* mac[4], mac[5], status le16 */
 	/* Writes are ignored. */
 	uint8_t b = 0x99;
-	virtio_mmio_io(f->t, REG_CONFIG, &b, 1, true);
-	virtio_mmio_io(f->t, REG_CONFIG, &b, 1, false);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG, &b, 1, true);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG, &b, 1, false);
 	assert_int_equal(b, 0x06);
 	assert_true(if_nametoindex(f->tap) > 0);
 
@@ -568,7 +482,7 @@ static void test_tx(void **state)
 	assert_int_equal(gmem_write(&f->m, a, zero, sizeof(zero)), 0);
 	assert_int_equal(gmem_write(&f->m, a + VIRTIO_NET_HDR_LEN, frame, fl), 0);
 	uint16_t h1 =
-	    add_chain(f, 1, &(struct seg){a, VIRTIO_NET_HDR_LEN + (uint32_t)fl, false}, 1);
+	    add_chain(f, 1, &(struct vdrv_seg){a, VIRTIO_NET_HDR_LEN + (uint32_t)fl, false}, 1);
 
 	/* Header, then the frame split over two more descriptors. */
 	size_t fl2 = make_frame(frame, bcast, f->mac, "VMSNAP-HB seq=2 three pieces", 100);
@@ -577,7 +491,7 @@ static void test_tx(void **state)
 	assert_int_equal(gmem_write(&f->m, hb, zero, sizeof(zero)), 0);
 	assert_int_equal(gmem_write(&f->m, b1, frame, 20), 0);
 	assert_int_equal(gmem_write(&f->m, b2, frame + 20, fl2 - 20), 0);
-	struct seg s2[] = {
+	struct vdrv_seg s2[] = {
 	    {hb, VIRTIO_NET_HDR_LEN, false}, {b1, 20, false}, {b2, (uint32_t)fl2 - 20, false}};
 	uint16_t h2 = add_chain(f, 1, s2, 3);
 	notify(f, 1);
@@ -619,7 +533,7 @@ static void test_tx_link_down(void **state)
 	uint64_t a = alloc_buf(f, VIRTIO_NET_HDR_LEN + 60);
 	assert_int_equal(gmem_write(&f->m, a + VIRTIO_NET_HDR_LEN, frame, 60), 0);
 	for (int i = 0; i < 3; i++)
-		add_chain(f, 1, &(struct seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
+		add_chain(f, 1, &(struct vdrv_seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
 	notify(f, 1);
 	/* Completed (the guest is not stalled), counted as dropped. */
 	for (int i = 0; i < 3; i++)
@@ -640,12 +554,12 @@ static void test_tx_bad_chains(void **state)
 	host_attach(f);
 
 	/* 1: a buffer outside RAM. */
-	add_chain(f, 1, &(struct seg){0x7fff0000ull, 100, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){0x7fff0000ull, 100, false}, 1);
 	/* 2: a header and nothing else. */
 	uint64_t h = alloc_buf(f, VIRTIO_NET_HDR_LEN);
 	memset(hdr, 0, sizeof(hdr));
 	assert_int_equal(gmem_write(&f->m, h, hdr, sizeof(hdr)), 0);
-	add_chain(f, 1, &(struct seg){h, VIRTIO_NET_HDR_LEN, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){h, VIRTIO_NET_HDR_LEN, false}, 1);
 	/* 3: a header asking for checksum offload and TSO, never negotiated. */
 	make_frame(frame, bcast, f->mac, "offload", 60);
 	uint64_t a = alloc_buf(f, VIRTIO_NET_HDR_LEN + 60);
@@ -653,15 +567,15 @@ static void test_tx_bad_chains(void **state)
 	hdr[1] = 1;
 	assert_int_equal(gmem_write(&f->m, a, hdr, sizeof(hdr)), 0);
 	assert_int_equal(gmem_write(&f->m, a + VIRTIO_NET_HDR_LEN, frame, 60), 0);
-	add_chain(f, 1, &(struct seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
 	/* 4: a descriptor loop. */
-	struct ring *r = &f->q[1];
+	struct vdrv_ring *r = &f->q[1];
 	uint16_t head = r->next_desc;
 	struct {
 		uint64_t addr;
 		uint32_t len;
 		uint16_t flags, next;
-	} d = {a, 16, DESC_F_NEXT, head};
+	} d = {a, 16, VDRV_DESC_F_NEXT, head};
 	assert_int_equal(gmem_write(&f->m, r->desc + 16ull * head, &d, 16), 0);
 	r->next_desc++;
 	put16(f, r->avail + 4 + 2ull * (r->avail_idx % QSIZE), head);
@@ -673,7 +587,7 @@ static void test_tx_bad_chains(void **state)
 	memset(hdr, 0, sizeof(hdr));
 	assert_int_equal(gmem_write(&f->m, g, hdr, sizeof(hdr)), 0);
 	assert_int_equal(gmem_write(&f->m, g + VIRTIO_NET_HDR_LEN, frame, 64), 0);
-	add_chain(f, 1, &(struct seg){g, VIRTIO_NET_HDR_LEN + 64, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){g, VIRTIO_NET_HDR_LEN + 64, false}, 1);
 	notify(f, 1);
 
 	for (int i = 0; i < 5; i++) {
@@ -691,7 +605,7 @@ static void test_tx_bad_chains(void **state)
 	virtio_net_get_stats(f->n, &st);
 	assert_int_equal(st.tx_errors, 4);
 	assert_int_equal(st.tx_packets, 1);
-	assert_int_equal(rd(f, REG_STATUS) & 0x40, 0); /* no DEVICE_NEEDS_RESET */
+	assert_int_equal(rd(f, VIRTIO_MMIO_STATUS) & 0x40, 0); /* no DEVICE_NEEDS_RESET */
 }
 
 /* Queue a receive buffer of @len bytes (one descriptor, or header + rest when @split),
@@ -705,11 +619,11 @@ static uint16_t add_rx(struct fx *f, uint32_t len, bool split, uint64_t *gpa)
 	assert_int_equal(gmem_write(&f->m, a, fill, len), 0);
 	*gpa = a;
 	if (split) {
-		struct seg s[] = {{a, VIRTIO_NET_HDR_LEN, true},
-				  {a + VIRTIO_NET_HDR_LEN, len - VIRTIO_NET_HDR_LEN, true}};
+		struct vdrv_seg s[] = {{a, VIRTIO_NET_HDR_LEN, true},
+				       {a + VIRTIO_NET_HDR_LEN, len - VIRTIO_NET_HDR_LEN, true}};
 		return add_chain(f, 0, s, 2);
 	}
-	return add_chain(f, 0, &(struct seg){a, len, true}, 1);
+	return add_chain(f, 0, &(struct vdrv_seg){a, len, true}, 1);
 }
 
 static void check_rx(struct fx *f, uint64_t gpa, const uint8_t *frame, size_t fl)
@@ -766,7 +680,7 @@ static void test_existing_tap(void **state)
 	make_frame(frame, bcast, f->mac, "existing", 60);
 	uint64_t a = alloc_buf(f, VIRTIO_NET_HDR_LEN + 60);
 	assert_int_equal(gmem_write(&f->m, a + VIRTIO_NET_HDR_LEN, frame, 60), 0);
-	add_chain(f, 1, &(struct seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
 	notify(f, 1);
 	assert_int_equal(host_recv(f, got, sizeof(got), 2000), 60);
 	assert_memory_equal(got, frame, 60);
@@ -932,7 +846,7 @@ static void test_save_load(void **state)
 	size_t fl = make_frame(frame, bcast, f->mac, "before", 60);
 	uint64_t a = alloc_buf(f, VIRTIO_NET_HDR_LEN + 60);
 	assert_int_equal(gmem_write(&f->m, a + VIRTIO_NET_HDR_LEN, frame, fl), 0);
-	add_chain(f, 1, &(struct seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
 	notify(f, 1);
 	assert_int_equal(host_recv(f, got, sizeof(got), 2000), 60);
 	uint16_t h = add_rx(f, 1526, false, &g);
@@ -985,7 +899,7 @@ static void test_save_load(void **state)
 	virtio_net_mac(f->n, now);
 	assert_memory_equal(now, mac, 6);
 	uint8_t cfg0;
-	virtio_mmio_io(f->t, REG_CONFIG + 5, &cfg0, 1, false);
+	virtio_mmio_io(f->t, VIRTIO_MMIO_CONFIG + 5, &cfg0, 1, false);
 	assert_int_equal(cfg0, mac[5]);
 	struct virtio_net_stats after;
 	virtio_net_get_stats(f->n, &after);
@@ -1004,7 +918,7 @@ static void test_save_load(void **state)
 
 	fl = make_frame(frame, bcast, now, "after", 60);
 	assert_int_equal(gmem_write(&f->m, a + VIRTIO_NET_HDR_LEN, frame, fl), 0);
-	add_chain(f, 1, &(struct seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
+	add_chain(f, 1, &(struct vdrv_seg){a, VIRTIO_NET_HDR_LEN + 60, false}, 1);
 	notify(f, 1);
 	assert_int_equal(host_recv(f, got, sizeof(got), 2000), 60);
 	assert_memory_equal(got, frame, 60);
@@ -1028,7 +942,7 @@ static void test_reset_stops_rx(void **state)
 
 	/* The driver resets while the tap is watched (a buffer was posted), then starts again:
 	 * queues ready with a buffer, DRIVER_OK not yet set. A packet arriving now must wait. */
-	wr(f, REG_STATUS, 0);
+	wr(f, VIRTIO_MMIO_STATUS, 0);
 	drain(f);
 	driver_init(f, false);
 	uint16_t h = add_rx(f, 1526, false, &g);
@@ -1041,7 +955,7 @@ static void test_reset_stops_rx(void **state)
 	assert_int_equal(get16(f, f->q[0].used + 2), 0);
 
 	/* DRIVER_OK: the packet arrives, in the first buffer. */
-	wr(f, REG_STATUS, 1 | 2 | 8 | 4);
+	wr(f, VIRTIO_MMIO_STATUS, 1 | 2 | 8 | 4);
 	assert_true(evloop_run_once(f->loop, 1000) >= 1);
 	drain(f);
 	assert_true(next_used(f, 0, &id, &len));
@@ -1051,7 +965,7 @@ static void test_reset_stops_rx(void **state)
 
 	/* Reset with the second buffer still posted (tap watched): after it no buffer may be
 	 * used; the packet stays in the tap, and after one look the loop is quiet. */
-	wr(f, REG_STATUS, 0);
+	wr(f, VIRTIO_MMIO_STATUS, 0);
 	drain(f);
 	host_send(f, frame, fl);
 	assert_int_equal(evloop_run_once(f->loop, 1000), 1);
@@ -1091,7 +1005,7 @@ static void test_threaded(void **state)
 	for (int i = 0; i < NRX; i++)
 		add_rx(f, 1526, false, &g);
 	assert_int_equal(evloop_start(f->loop), 0);
-	wr(f, REG_QUEUE_NOTIFY, 0);
+	wr(f, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 
 	/* Both directions at once. */
 	uint64_t a = alloc_buf(f, NTX * 128);
@@ -1101,9 +1015,9 @@ static void test_threaded(void **state)
 		make_frame(frame, bcast, f->mac, text, 60);
 		uint64_t b = a + 128ull * i;
 		assert_int_equal(gmem_write(&f->m, b + VIRTIO_NET_HDR_LEN, frame, 60), 0);
-		add_chain(f, 1, &(struct seg){b, VIRTIO_NET_HDR_LEN + 60, false}, 1);
+		add_chain(f, 1, &(struct vdrv_seg){b, VIRTIO_NET_HDR_LEN + 60, false}, 1);
 		if (i % 10 == 9)
-			wr(f, REG_QUEUE_NOTIFY, 1);
+			wr(f, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
 	}
 	for (int i = 0; i < NRX; i++) {
 		char text[32];
