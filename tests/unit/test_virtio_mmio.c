@@ -26,41 +26,9 @@
 #include "vmm/gmem.h"
 #include "vmm/virtio_mmio.h"
 #include "vmm/virtq.h"
+#include "tests/common/virtio_driver.h"
 
 #define BIT(n) (1ull << (n))
-
-/* Registers (virtio 1.2, 4.2.2). */
-#define R_MAGIC		   0x000
-#define R_VERSION	   0x004
-#define R_DEVICE_ID	   0x008
-#define R_VENDOR_ID	   0x00c
-#define R_DEV_FEATURES	   0x010
-#define R_DEV_FEATURES_SEL 0x014
-#define R_DRV_FEATURES	   0x020
-#define R_DRV_FEATURES_SEL 0x024
-#define R_QUEUE_SEL	   0x030
-#define R_QUEUE_NUM_MAX	   0x034
-#define R_QUEUE_NUM	   0x038
-#define R_QUEUE_READY	   0x044
-#define R_QUEUE_NOTIFY	   0x050
-#define R_INT_STATUS	   0x060
-#define R_INT_ACK	   0x064
-#define R_STATUS	   0x070
-#define R_DESC_LO	   0x080
-#define R_DESC_HI	   0x084
-#define R_DRIVER_LO	   0x090
-#define R_DRIVER_HI	   0x094
-#define R_DEVICE_LO	   0x0a0
-#define R_DEVICE_HI	   0x0a4
-#define R_SHM_LEN_LO	   0x0b0
-#define R_CONFIG_GEN	   0x0fc
-#define R_CONFIG	   0x100
-
-#define S_ACK	      1
-#define S_DRIVER      2
-#define S_DRIVER_OK   4
-#define S_FEATURES_OK 8
-#define S_NEEDS_RESET 0x40
 
 #define RAM_SIZE (1ull << 20)
 #define BASE	 0xd0000000ull
@@ -203,64 +171,35 @@ static int teardown(void **state)
 	return 0;
 }
 
-static void w32(struct virtio_mmio *t, uint64_t off, uint32_t v)
-{
-	uint8_t d[4];
-	memcpy(d, &v, 4);
-	virtio_mmio_io(t, off, d, 4, true);
-}
-
-static uint32_t r32(struct virtio_mmio *t, uint64_t off)
-{
-	uint8_t d[4];
-	uint32_t v;
-	memset(d, 0x77, sizeof(d));
-	virtio_mmio_io(t, off, d, 4, false);
-	memcpy(&v, d, 4);
-	return v;
-}
-
 /* Status up to FEATURES_OK with @features accepted; returns the status read back. */
 static uint32_t negotiate(struct virtio_mmio *t, uint64_t features)
 {
-	w32(t, R_STATUS, 0);
-	w32(t, R_STATUS, S_ACK);
-	w32(t, R_STATUS, S_ACK | S_DRIVER);
-	w32(t, R_DRV_FEATURES_SEL, 0);
-	w32(t, R_DRV_FEATURES, (uint32_t)features);
-	w32(t, R_DRV_FEATURES_SEL, 1);
-	w32(t, R_DRV_FEATURES, (uint32_t)(features >> 32));
-	w32(t, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK);
-	return r32(t, R_STATUS);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, 0);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER);
+	vdrv_accept(t, features);
+	return vdrv_rd(t, VIRTIO_MMIO_STATUS);
 }
 
 #define GOOD_FEATURES (BIT(0) | BIT(VIRTIO_F_VERSION_1) | BIT(VIRTIO_RING_F_INDIRECT_DESC))
-
-static void set_queue(struct virtio_mmio *t, unsigned int q, uint32_t num, uint64_t desc,
-		      uint64_t avail, uint64_t used)
-{
-	w32(t, R_QUEUE_SEL, q);
-	w32(t, R_QUEUE_NUM, num);
-	w32(t, R_DESC_LO, (uint32_t)desc);
-	w32(t, R_DESC_HI, (uint32_t)(desc >> 32));
-	w32(t, R_DRIVER_LO, (uint32_t)avail);
-	w32(t, R_DRIVER_HI, (uint32_t)(avail >> 32));
-	w32(t, R_DEVICE_LO, (uint32_t)used);
-	w32(t, R_DEVICE_HI, (uint32_t)(used >> 32));
-	w32(t, R_QUEUE_READY, 1);
-}
 
 /* Driver initialisation with fresh rings on @nq queues, up to DRIVER_OK. */
 static void bring_up(struct fx *x, unsigned int nq)
 {
 	memset(x->m.host + DESC(0), 0, USED(VIRTIO_MMIO_MAX_QUEUES - 1) + 0x1000 - DESC(0));
-	assert_int_equal(negotiate(x->t, GOOD_FEATURES), S_ACK | S_DRIVER | S_FEATURES_OK);
+	assert_int_equal(negotiate(x->t, GOOD_FEATURES), VIRTIO_STATUS_ACKNOWLEDGE |
+							     VIRTIO_STATUS_DRIVER |
+							     VIRTIO_STATUS_FEATURES_OK);
 	for (unsigned int q = 0; q < nq; q++) {
-		set_queue(x->t, q, 8, DESC(q), AVAIL(q), USED(q));
-		assert_int_equal(r32(x->t, R_QUEUE_READY), 1);
+		vdrv_queue(x->t, q, 8, DESC(q), AVAIL(q), USED(q));
+		assert_int_equal(vdrv_rd(x->t, VIRTIO_MMIO_QUEUE_READY), 1);
 	}
-	w32(x->t, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
-	assert_int_equal(r32(x->t, R_STATUS), S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	vdrv_wr(x->t, VIRTIO_MMIO_STATUS,
+		VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+		    VIRTIO_STATUS_DRIVER_OK);
+	assert_int_equal(vdrv_rd(x->t, VIRTIO_MMIO_STATUS),
+			 VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
+			     VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
 	/* DRIVER_OK kicked the ready queues; without a loop thread, run that now (-EBUSY with). */
 	(void)evloop_run_once(x->loop, 0);
 }
@@ -308,55 +247,57 @@ static void test_ids(void **state)
 	struct virtio_mmio *t = x->t;
 	uint8_t d[8];
 
-	assert_int_equal(r32(t, R_MAGIC), 0x74726976);
-	assert_int_equal(r32(t, R_VERSION), 2);
-	assert_int_equal(r32(t, R_DEVICE_ID), 42);
-	assert_int_equal(r32(t, R_VENDOR_ID), 0x4D534E56);
-	assert_int_equal(r32(t, R_STATUS), 0);
-	assert_int_equal(r32(t, R_QUEUE_NUM_MAX), 16);
-	w32(t, R_QUEUE_SEL, 1);
-	assert_int_equal(r32(t, R_QUEUE_NUM_MAX), 16);
-	w32(t, R_QUEUE_SEL, 2);
-	assert_int_equal(r32(t, R_QUEUE_NUM_MAX), 0);
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_MAGIC), 0x74726976);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_VERSION), 2);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_DEVICE_ID), 42);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_VENDOR_ID), 0x4D534E56);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_SEL, 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_SEL, 2);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
 
 	/* Offered: the device's bits plus VERSION_1 and INDIRECT_DESC. */
-	w32(t, R_DEV_FEATURES_SEL, 0);
-	assert_int_equal(r32(t, R_DEV_FEATURES), BIT(0) | BIT(VIRTIO_RING_F_INDIRECT_DESC));
-	w32(t, R_DEV_FEATURES_SEL, 1);
-	assert_int_equal(r32(t, R_DEV_FEATURES), BIT(VIRTIO_F_VERSION_1 - 32) | BIT(50 - 32));
-	w32(t, R_DEV_FEATURES_SEL, 2);
-	assert_int_equal(r32(t, R_DEV_FEATURES), 0);
+	vdrv_wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_DEVICE_FEATURES),
+			 BIT(0) | BIT(VIRTIO_RING_F_INDIRECT_DESC));
+	vdrv_wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_DEVICE_FEATURES),
+			 BIT(VIRTIO_F_VERSION_1 - 32) | BIT(50 - 32));
+	vdrv_wr(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
 
 	/* Registers are 32-bit only: other widths and misaligned accesses read all-ones. */
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_MAGIC, d, 2, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_MAGIC, d, 2, false);
 	assert_int_equal(d[0], 0xff);
 	assert_int_equal(d[1], 0xff);
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_MAGIC, d, 8, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_MAGIC, d, 8, false);
 	assert_int_equal(d[7], 0xff);
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_MAGIC + 2, d, 4, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_MAGIC + 2, d, 4, false);
 	assert_int_equal(d[0], 0xff);
 	d[0] = 0;
-	virtio_mmio_io(t, R_STATUS, d, 1, true); /* ignored, not a reset */
-	w32(t, R_STATUS, S_ACK);
+	virtio_mmio_io(t, VIRTIO_MMIO_STATUS, d, 1, true); /* ignored, not a reset */
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
 	d[0] = 0;
-	virtio_mmio_io(t, R_STATUS, d, 1, true);
-	assert_int_equal(r32(t, R_STATUS), S_ACK);
+	virtio_mmio_io(t, VIRTIO_MMIO_STATUS, d, 1, true);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), VIRTIO_STATUS_ACKNOWLEDGE);
 	assert_int_equal(x->dev.resets, 0);
 	/* No shared memory regions; unknown registers read 0. */
-	assert_int_equal(r32(t, R_SHM_LEN_LO), 0xffffffff);
-	assert_int_equal(r32(t, 0x0f0), 0);
-	assert_int_equal(r32(t, R_CONFIG_GEN), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_SHM_LEN_LOW), 0xffffffff);
+	assert_int_equal(vdrv_rd(t, 0x0f0), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_CONFIG_GENERATION), 0);
 }
 
 static void test_features(void **state)
 {
 	struct fx *x = *state;
 	struct virtio_mmio *t = x->t;
-	const uint32_t pre = S_ACK | S_DRIVER;
+	const uint32_t pre = VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER;
 
 	/* No VERSION_1 (a legacy driver): refused. */
 	assert_int_equal(negotiate(t, BIT(0)), pre);
@@ -364,31 +305,32 @@ static void test_features(void **state)
 	assert_int_equal(negotiate(t, GOOD_FEATURES | BIT(1)), pre);
 	assert_int_equal(negotiate(t, GOOD_FEATURES | BIT(51)), pre);
 	/* DRIVER_OK without FEATURES_OK is ignored. */
-	w32(t, R_STATUS, pre | S_DRIVER_OK);
-	assert_int_equal(r32(t, R_STATUS), pre);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, pre | VIRTIO_STATUS_DRIVER_OK);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), pre);
 	assert_int_equal(x->dev.driver_oks, 0);
 
-	assert_int_equal(negotiate(t, GOOD_FEATURES | BIT(50)), pre | S_FEATURES_OK);
+	assert_int_equal(negotiate(t, GOOD_FEATURES | BIT(50)), pre | VIRTIO_STATUS_FEATURES_OK);
 	assert_int_equal(virtio_mmio_driver_features(t), GOOD_FEATURES | BIT(50));
 	/* Features are fixed once FEATURES_OK is set. */
-	w32(t, R_DRV_FEATURES_SEL, 0);
-	w32(t, R_DRV_FEATURES, 0);
+	vdrv_wr(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+	vdrv_wr(t, VIRTIO_MMIO_DRIVER_FEATURES, 0);
 	assert_int_equal(virtio_mmio_driver_features(t), GOOD_FEATURES | BIT(50));
 	/* Clearing a bit without reset is ignored. */
-	w32(t, R_STATUS, S_ACK);
-	assert_int_equal(r32(t, R_STATUS), pre | S_FEATURES_OK);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_ACKNOWLEDGE);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), pre | VIRTIO_STATUS_FEATURES_OK);
 	assert_false(virtio_mmio_running(t));
-	w32(t, R_STATUS, pre | S_FEATURES_OK | S_DRIVER_OK);
-	assert_int_equal(r32(t, R_STATUS), pre | S_FEATURES_OK | S_DRIVER_OK);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, pre | VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS),
+			 pre | VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
 	assert_true(virtio_mmio_running(t));
 	assert_int_equal(x->dev.driver_oks, 1);
 
 	/* Out of order from reset: DRIVER without ACKNOWLEDGE. */
 	unsigned int resets = x->dev.resets;
-	w32(t, R_STATUS, 0);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, 0);
 	assert_int_equal(x->dev.resets, resets + 1);
-	w32(t, R_STATUS, S_DRIVER);
-	assert_int_equal(r32(t, R_STATUS), 0);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, VIRTIO_STATUS_DRIVER);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), 0);
 	assert_int_equal(virtio_mmio_driver_features(t), 0);
 
 	/* Devices offering ring features this transport does not implement are refused. */
@@ -411,45 +353,49 @@ static void test_queue_setup_and_notify(void **state)
 	struct virtio_mmio *t = x->t;
 	uint8_t b;
 
-	assert_int_equal(negotiate(t, GOOD_FEATURES), S_ACK | S_DRIVER | S_FEATURES_OK);
-	w32(t, R_QUEUE_SEL, 0);
-	assert_int_equal(r32(t, R_QUEUE_NUM), 16);
+	assert_int_equal(negotiate(t, GOOD_FEATURES), VIRTIO_STATUS_ACKNOWLEDGE |
+							  VIRTIO_STATUS_DRIVER |
+							  VIRTIO_STATUS_FEATURES_OK);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM), 16);
 	/* Not a power of two, or over the maximum: ignored. */
-	w32(t, R_QUEUE_NUM, 3);
-	assert_int_equal(r32(t, R_QUEUE_NUM), 16);
-	w32(t, R_QUEUE_NUM, 32);
-	assert_int_equal(r32(t, R_QUEUE_NUM), 16);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NUM, 3);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM), 16);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NUM, 32);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM), 16);
 	/* Rings outside RAM or misaligned: QueueReady stays 0. */
-	set_queue(t, 0, 8, RAM_SIZE - 64, AVAIL(0), USED(0));
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
-	set_queue(t, 0, 8, DESC(0) + 8, AVAIL(0), USED(0));
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
-	set_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0) + 2);
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
-	set_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0) | (1ull << 40));
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
-	assert_int_equal(r32(t, R_DEVICE_HI), 1u << 8);
-	set_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0));
-	assert_int_equal(r32(t, R_QUEUE_READY), 1);
-	assert_int_equal(r32(t, R_QUEUE_NUM), 8);
-	assert_int_equal(r32(t, R_DESC_LO), DESC(0));
-	assert_int_equal(r32(t, R_DRIVER_LO), AVAIL(0));
-	assert_int_equal(r32(t, R_DEVICE_LO), USED(0));
-	assert_int_equal(r32(t, R_DEVICE_HI), 0);
+	vdrv_queue(t, 0, 8, RAM_SIZE - 64, AVAIL(0), USED(0));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+	vdrv_queue(t, 0, 8, DESC(0) + 8, AVAIL(0), USED(0));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+	vdrv_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0) + 2);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+	vdrv_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0) | (1ull << 40));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DEVICE_HIGH), 1u << 8);
+	vdrv_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM), 8);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DESC_LOW), DESC(0));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DRIVER_LOW), AVAIL(0));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DEVICE_LOW), USED(0));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DEVICE_HIGH), 0);
 	/* While ready, size and addresses stay. */
-	w32(t, R_QUEUE_NUM, 4);
-	w32(t, R_DESC_LO, 0x9000);
-	assert_int_equal(r32(t, R_QUEUE_NUM), 8);
-	assert_int_equal(r32(t, R_DESC_LO), DESC(0));
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NUM, 4);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x9000);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM), 8);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DESC_LOW), DESC(0));
 
 	/* Before DRIVER_OK the notification is consumed but the device is not called. */
 	offer_in(x, 0, 2, 16);
-	w32(t, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(x->loop, 1000), 1);
 	assert_int_equal(x->dev.notified[0], 0);
 	assert_false(irq_pending(t));
 	/* DRIVER_OK looks at the ready queues: the early request is served. */
-	w32(t, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS,
+		VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+		    VIRTIO_STATUS_DRIVER_OK);
 	assert_int_equal(evloop_run_once(x->loop, 1000), 1);
 	assert_int_equal(x->dev.notified[0], 1);
 	assert_int_equal(x->dev.served, 1);
@@ -457,37 +403,37 @@ static void test_queue_setup_and_notify(void **state)
 	assert_int_equal(gmem_read(&x->m, BUF + 0x2000 + 15, &b, 1), 0);
 	assert_int_equal(b, 0xab);
 	assert_true(irq_pending(t));
-	assert_int_equal(r32(t, R_INT_STATUS), VIRTIO_MMIO_INT_VRING);
-	w32(t, R_INT_ACK, VIRTIO_MMIO_INT_VRING);
-	assert_int_equal(r32(t, R_INT_STATUS), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+	vdrv_wr(t, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INT_VRING);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
 	assert_false(irq_pending(t));
 
 	/* A plain notify. */
 	offer_in(x, 0, 5, 4);
-	w32(t, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(x->loop, 1000), 1);
 	assert_int_equal(x->dev.notified[0], 2);
 	assert_int_equal(used_idx(x, 0), 2);
 	assert_true(irq_pending(t));
-	assert_int_equal(r32(t, R_INT_STATUS), VIRTIO_MMIO_INT_VRING);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
 
 	/* Queues not ready, or that do not exist: nothing happens. */
-	w32(t, R_QUEUE_NOTIFY, 1);
-	w32(t, R_QUEUE_NOTIFY, 7);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 7);
 	assert_int_equal(evloop_run_once(x->loop, 0), 0);
 	assert_int_equal(x->dev.notified[1], 0);
 
 	/* The driver takes the queue down: notifications stop reaching the device. */
-	w32(t, R_QUEUE_SEL, 0);
-	w32(t, R_QUEUE_READY, 0);
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
-	w32(t, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_READY, 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(x->loop, 0), 0);
 	assert_int_equal(x->dev.notified[0], 2);
 	/* And brings it back. */
-	w32(t, R_QUEUE_READY, 1);
-	assert_int_equal(r32(t, R_QUEUE_READY), 1);
-	w32(t, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_READY, 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 1);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(x->loop, 1000), 1);
 	assert_int_equal(x->dev.notified[0], 3);
 }
@@ -504,22 +450,22 @@ static void test_reset_and_needs_reset(void **state)
 	assert_true(irq_pending(t));
 
 	unsigned int resets = x->dev.resets;
-	w32(t, R_STATUS, 0);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, 0);
 	assert_int_equal(x->dev.resets, resets + 1);
-	assert_int_equal(r32(t, R_STATUS), 0);
-	assert_int_equal(r32(t, R_INT_STATUS), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
 	assert_false(virtio_mmio_running(t));
 	assert_int_equal(virtio_mmio_driver_features(t), 0);
 	for (unsigned int q = 0; q < 2; q++) {
-		w32(t, R_QUEUE_SEL, q);
-		assert_int_equal(r32(t, R_QUEUE_READY), 0);
-		assert_int_equal(r32(t, R_QUEUE_NUM), 16);
-		assert_int_equal(r32(t, R_DESC_LO), 0);
+		vdrv_wr(t, VIRTIO_MMIO_QUEUE_SEL, q);
+		assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
+		assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_NUM), 16);
+		assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_DESC_LOW), 0);
 		assert_int_equal(virtio_mmio_queue(t, q)->last_avail, 0);
 	}
-	assert_int_equal(r32(t, R_QUEUE_SEL), 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_SEL), 1);
 	/* The notify eventfds left the loop. */
-	w32(t, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(x->loop, 0), 0);
 	assert_null(virtio_mmio_queue(t, 2));
 
@@ -528,17 +474,20 @@ static void test_reset_and_needs_reset(void **state)
 	virtio_mmio_lock(t);
 	virtio_mmio_set_needs_reset(t);
 	virtio_mmio_unlock(t);
-	assert_int_equal(r32(t, R_STATUS) & S_NEEDS_RESET, S_NEEDS_RESET);
-	assert_int_equal(r32(t, R_INT_STATUS), VIRTIO_MMIO_INT_CONFIG);
-	assert_int_equal(r32(t, R_CONFIG_GEN), 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS) & VIRTIO_STATUS_DEVICE_NEEDS_RESET,
+			 VIRTIO_STATUS_DEVICE_NEEDS_RESET);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_CONFIG_GENERATION), 1);
 	assert_true(irq_pending(t));
 	/* The driver writing back what it read (NEEDS_RESET included) changes nothing. */
-	w32(t, R_STATUS, r32(t, R_STATUS) | 0x80);
-	assert_int_equal(r32(t, R_STATUS),
-			 S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK | S_NEEDS_RESET | 0x80);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, vdrv_rd(t, VIRTIO_MMIO_STATUS) | 0x80);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS),
+			 VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
+			     VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK |
+			     VIRTIO_STATUS_DEVICE_NEEDS_RESET | 0x80);
 	resets = x->dev.resets;
-	w32(t, R_STATUS, 0);
-	assert_int_equal(r32(t, R_STATUS), 0);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_STATUS), 0);
 	assert_int_equal(x->dev.resets, resets + 1);
 }
 
@@ -549,45 +498,45 @@ static void test_config(void **state)
 	uint8_t d[8];
 
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_CONFIG + 3, d, 1, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 3, d, 1, false);
 	assert_int_equal(d[0], 0x13);
-	virtio_mmio_io(t, R_CONFIG + 10, d, 2, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 10, d, 2, false);
 	assert_int_equal(d[0], 0x1a);
 	assert_int_equal(d[1], 0x1b);
-	assert_int_equal(r32(t, R_CONFIG + 8), 0x1b1a1918);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_CONFIG + 8), 0x1b1a1918);
 	/* Past the end, or 8 bytes: all-ones, and the device is not asked. */
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_CONFIG + 10, d, 4, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 10, d, 4, false);
 	assert_memory_equal(d, "\xff\xff\xff\xff", 4);
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_CONFIG + 12, d, 1, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 12, d, 1, false);
 	assert_int_equal(d[0], 0xff);
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_CONFIG, d, 8, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG, d, 8, false);
 	assert_memory_equal(d, "\xff\xff\xff\xff\xff\xff\xff\xff", 8);
 	memset(d, 0, sizeof(d));
-	virtio_mmio_io(t, R_CONFIG + 0xeff, d, 1, false);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 0xeff, d, 1, false);
 	assert_int_equal(d[0], 0xff);
 	virtio_mmio_io(t, UINT64_MAX, d, 4, false);
 	assert_int_equal(d[0], 0xff);
 
-	w32(t, R_CONFIG + 4, 0xdeadbeef);
+	vdrv_wr(t, VIRTIO_MMIO_CONFIG + 4, 0xdeadbeef);
 	assert_int_equal(x->dev.wr_off, 4);
 	assert_int_equal(x->dev.wr_len, 4);
 	assert_int_equal(x->dev.wr_val, 0xdeadbeef);
 	d[0] = 0x5a;
-	virtio_mmio_io(t, R_CONFIG + 11, d, 1, true);
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 11, d, 1, true);
 	assert_int_equal(x->dev.wr_off, 11);
 	assert_int_equal(x->dev.wr_val, 0x5a);
-	virtio_mmio_io(t, R_CONFIG + 11, d, 2, true); /* past the end: dropped */
+	virtio_mmio_io(t, VIRTIO_MMIO_CONFIG + 11, d, 2, true); /* past the end: dropped */
 	assert_int_equal(x->dev.wr_len, 1);
 
 	/* A config change bumps the generation. */
 	virtio_mmio_lock(t);
 	virtio_mmio_interrupt(t, VIRTIO_MMIO_INT_CONFIG);
 	virtio_mmio_unlock(t);
-	assert_int_equal(r32(t, R_CONFIG_GEN), 1);
-	assert_int_equal(r32(t, R_INT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_CONFIG_GENERATION), 1);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
 	assert_true(irq_pending(t));
 }
 
@@ -616,12 +565,12 @@ static void test_save_load(void **state)
 
 	bring_up(x, 2);
 	offer_in(x, 0, 1, 8);
-	w32(t, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(x->loop, 1000), 1);
 	assert_int_equal(used_idx(x, 0), 1);
 	/* Queued but never notified before the save: the restored device must serve it. */
 	offer_in(x, 0, 3, 8);
-	w32(t, R_QUEUE_SEL, 1);
+	vdrv_wr(t, VIRTIO_MMIO_QUEUE_SEL, 1);
 	memcpy(x->dev.state, "abcd", 4);
 	assert_true(irq_pending(t));
 	save(t, &e1);
@@ -660,7 +609,7 @@ static void test_save_load(void **state)
 	b[e1.len - 4 - 4 - 2] = 2; /* device state version 2: the device refuses it */
 	assert_int_equal(load(t2, b, e1.len, 1), -ENOTSUP);
 	free(b);
-	assert_int_equal(r32(t2, R_STATUS), 0);
+	assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_STATUS), 0);
 	assert_int_equal(dev2.notified[0] + dev2.notified[1], 0);
 
 	/* Served on load, without a notification, under the device lock. */
@@ -672,30 +621,32 @@ static void test_save_load(void **state)
 	assert_int_equal(used_idx(x, 0), 2);
 	assert_memory_equal(dev2.state, "abcd", 4);
 	assert_true(irq_pending(t2));
-	assert_int_equal(r32(t2, R_STATUS), S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_STATUS),
+			 VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER |
+			     VIRTIO_STATUS_FEATURES_OK | VIRTIO_STATUS_DRIVER_OK);
 	assert_int_equal(virtio_mmio_driver_features(t2), GOOD_FEATURES);
-	assert_int_equal(r32(t2, R_INT_STATUS), VIRTIO_MMIO_INT_VRING);
-	assert_int_equal(r32(t2, R_QUEUE_SEL), 1);
+	assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_INTERRUPT_STATUS), VIRTIO_MMIO_INT_VRING);
+	assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_QUEUE_SEL), 1);
 	for (unsigned int q = 0; q < 2; q++) {
-		w32(t2, R_QUEUE_SEL, q);
-		assert_int_equal(r32(t2, R_QUEUE_READY), 1);
-		assert_int_equal(r32(t2, R_QUEUE_NUM), 8);
-		assert_int_equal(r32(t2, R_DESC_LO), DESC(q));
-		assert_int_equal(r32(t2, R_DRIVER_LO), AVAIL(q));
-		assert_int_equal(r32(t2, R_DEVICE_LO), USED(q));
+		vdrv_wr(t2, VIRTIO_MMIO_QUEUE_SEL, q);
+		assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_QUEUE_READY), 1);
+		assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_QUEUE_NUM), 8);
+		assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_QUEUE_DESC_LOW), DESC(q));
+		assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_QUEUE_DRIVER_LOW), AVAIL(q));
+		assert_int_equal(vdrv_rd(t2, VIRTIO_MMIO_QUEUE_DEVICE_LOW), USED(q));
 	}
 	assert_int_equal(virtio_mmio_queue(t2, 0)->last_avail, 2);
 
 	/* Its notify eventfds are on its own loop. */
 	offer_in(x, 1, 0, 8);
-	w32(t2, R_QUEUE_NOTIFY, 1);
+	vdrv_wr(t2, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
 	assert_int_equal(evloop_run_once(x->loop, 0), 0);
 	assert_int_equal(evloop_run_once(loop2, 1000), 1);
 	assert_int_equal(dev2.notified[1], 2);
 	assert_int_equal(used_idx(x, 1), 1);
 
 	/* Saving the restored device gives what was loaded, with its progress. */
-	w32(t2, R_QUEUE_SEL, 1);
+	vdrv_wr(t2, VIRTIO_MMIO_QUEUE_SEL, 1);
 	save(t2, &e2);
 	assert_int_equal(e1.len, e2.len);
 	struct dec d;
@@ -708,7 +659,7 @@ static void test_save_load(void **state)
 
 	/* Loading over a live device replaces its queues (old eventfds leave the loop). */
 	assert_int_equal(load(t2, e1.buf, e1.len, 1), 0);
-	w32(t2, R_QUEUE_NOTIFY, 0);
+	vdrv_wr(t2, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
 	assert_int_equal(evloop_run_once(loop2, 1000), 1);
 
 	enc_free(&e1);
@@ -770,12 +721,14 @@ static void test_kvm_registration(void **state)
 	assert_int_equal(kvm.irqfd[0].gsi, GSI);
 	assert_int_equal(kvm.irqfd[0].flags, 0);
 
-	assert_int_equal(negotiate(t, GOOD_FEATURES), S_ACK | S_DRIVER | S_FEATURES_OK);
-	set_queue(t, 1, 8, DESC(1), AVAIL(1), USED(1));
-	assert_int_equal(r32(t, R_QUEUE_READY), 1);
+	assert_int_equal(negotiate(t, GOOD_FEATURES), VIRTIO_STATUS_ACKNOWLEDGE |
+							  VIRTIO_STATUS_DRIVER |
+							  VIRTIO_STATUS_FEATURES_OK);
+	vdrv_queue(t, 1, 8, DESC(1), AVAIL(1), USED(1));
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 1);
 	assert_int_equal(kvm.n_ioeventfd, 1);
 	struct kvm_ioeventfd io = kvm.ioeventfd[0];
-	assert_int_equal(io.addr, BASE + R_QUEUE_NOTIFY);
+	assert_int_equal(io.addr, BASE + VIRTIO_MMIO_QUEUE_NOTIFY);
 	assert_int_equal(io.len, 4);
 	assert_int_equal(io.datamatch, 1);
 	assert_int_equal(io.flags, KVM_IOEVENTFD_FLAG_DATAMATCH);
@@ -783,12 +736,14 @@ static void test_kvm_registration(void **state)
 	/* KVM refusing the ioeventfd: the queue stays not ready. */
 	kvm.fail_errno = EEXIST;
 	log_set_level((enum log_level) - 1);
-	set_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0));
+	vdrv_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0));
 	log_set_level(LOG_ERR);
-	assert_int_equal(r32(t, R_QUEUE_READY), 0);
+	assert_int_equal(vdrv_rd(t, VIRTIO_MMIO_QUEUE_READY), 0);
 
 	/* The ioeventfd is the queue's eventfd: signalling it (as KVM would) reaches the device. */
-	w32(t, R_STATUS, S_ACK | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS,
+		VIRTIO_STATUS_ACKNOWLEDGE | VIRTIO_STATUS_DRIVER | VIRTIO_STATUS_FEATURES_OK |
+		    VIRTIO_STATUS_DRIVER_OK);
 	assert_int_equal(evloop_run_once(x->loop, 1000), 1); /* the DRIVER_OK look */
 	assert_int_equal(dev.notified[1], 1);
 	uint64_t one = 1;
@@ -797,7 +752,7 @@ static void test_kvm_registration(void **state)
 	assert_int_equal(dev.notified[1], 2);
 
 	/* Reset deassigns exactly what was assigned. */
-	w32(t, R_STATUS, 0);
+	vdrv_wr(t, VIRTIO_MMIO_STATUS, 0);
 	assert_int_equal(kvm.n_ioeventfd, 2);
 	assert_int_equal(kvm.ioeventfd[1].fd, io.fd);
 	assert_int_equal(kvm.ioeventfd[1].addr, io.addr);
@@ -806,8 +761,10 @@ static void test_kvm_registration(void **state)
 			 KVM_IOEVENTFD_FLAG_DATAMATCH | KVM_IOEVENTFD_FLAG_DEASSIGN);
 
 	/* So does destroy, for queues and the irqfd. */
-	assert_int_equal(negotiate(t, GOOD_FEATURES), S_ACK | S_DRIVER | S_FEATURES_OK);
-	set_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0));
+	assert_int_equal(negotiate(t, GOOD_FEATURES), VIRTIO_STATUS_ACKNOWLEDGE |
+							  VIRTIO_STATUS_DRIVER |
+							  VIRTIO_STATUS_FEATURES_OK);
+	vdrv_queue(t, 0, 8, DESC(0), AVAIL(0), USED(0));
 	assert_int_equal(kvm.n_ioeventfd, 3);
 	assert_int_equal(kvm.ioeventfd[2].datamatch, 0);
 	int irq = virtio_mmio_irq_fd(t);
@@ -996,11 +953,11 @@ static void test_reset_race(void **state)
 	for (unsigned int i = 0; i < 200; i++) {
 		bring_up(x, 2);
 		offer_in(x, 0, (uint16_t)(i % 8), 4);
-		w32(t, R_QUEUE_NOTIFY, 0);
-		w32(t, R_QUEUE_NOTIFY, 1);
+		vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+		vdrv_wr(t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
 		if (i % 2)
 			usleep(100);
-		w32(t, R_STATUS, 0);
+		vdrv_wr(t, VIRTIO_MMIO_STATUS, 0);
 	}
 	evloop_pause(x->loop);
 	assert_int_equal(x->dev.resets, 400); /* negotiate()'s and the loop's */
