@@ -25,7 +25,7 @@ so N idle clones load the 2 cores in proportion to N x hz):
       qemu-incoming:  N x `qemu-system-x86_64 ... -incoming "exec:cat <complete file>"`:
                       every clone reads the whole saved guest into its own memory.
     QEMU processes are launched back to back from Python (Popen), after t0.
-  - once all run: wait --settle s, then over 1 s the CPU the clones use (utime+stime from
+  - once all run: wait --settle s, then over 0.5 s the CPU the clones use (utime+stime from
     /proc/PID/stat, guest time included), and their memory: `vmsnap ps --json`
     (private_bytes = Private_Clean + Private_Dirty and pss_bytes of /proc/PID/smaps_rollup);
     for QEMU the same two sums read from smaps_rollup. Kernel memory (page tables, KVM's
@@ -539,7 +539,7 @@ def one_run(env, vmm, mode, tpl, mib, hz, n, dirty=False):
             res["dirtied"] = wait_dirtied(r["consoles"], max(1, mib // 10), 60)
         time.sleep(env.a.settle)
         c0, t0 = cpu_ticks(r["pids"]), time.monotonic()
-        time.sleep(1.0)
+        time.sleep(0.5)
         c1, t1 = cpu_ticks(r["pids"]), time.monotonic()
         res["cpu_per_clone_pct"] = 100 * (c1 - c0) / os.sysconf("SC_CLK_TCK") / (t1 - t0) / n
         if vmm == "vmsnap":
@@ -607,14 +607,14 @@ def main():
     ap.add_argument("--dirty-count", type=int, default=10,
                     help="clones for the after-writing-10%% memory figures (0: skip)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions for N <= 10 (default 3)")
-    ap.add_argument("--settle", type=float, default=0.5,
-                    help="seconds after the last first heartbeat before measuring (default 0.5)")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds after the last first heartbeat before measuring (default 0.3)")
     ap.add_argument("--timeout", type=int, default=60)
     ap.add_argument("--vmms", default="vmsnap,qemu")
     ap.add_argument("--quiet-idle", type=float, default=1.8,
                     help="idle cores to wait for before each measurement (default 1.8; 0: off)")
-    ap.add_argument("--quiet-wait", type=float, default=20,
-                    help="longest wait for that, seconds (default 20)")
+    ap.add_argument("--quiet-wait", type=float, default=8,
+                    help="longest wait for that, seconds (default 8)")
     ap.add_argument("--dir", help="work directory (default a new /var/tmp/vmsnap-bench-clone.*)")
     ap.add_argument("--markdown", help="also write the tables to this file")
     a = ap.parse_args()
