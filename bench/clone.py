@@ -691,6 +691,10 @@ def main():
                     os.unlink(t["ram"])
     finally:
         shutil.rmtree(env.shm, ignore_errors=True)
+        for _, _, _, _, t in tpls:  # the saved guests (logs and raw figures stay)
+            for k in ("img", "state", "full"):
+                if k in t and os.path.exists(t[k]):
+                    os.unlink(t[k])
 
     # ---- tables
     out = []
