@@ -66,7 +66,10 @@
 #include "vmm/virtio_blk.h"
 #include "vmm/virtio_mmio.h"
 #include "vmm/virtq.h"
-#include "tests/common/virtio_driver.h"
+
+#define VFUZZ_NAME     "fuzz_virtio_blk"
+#define VFUZZ_SEED_MEM 0x6000u /* the seeds' RAM image */
+#include "tests/common/virtio_fuzz.h"
 
 #define RAM_SIZE     (64u << 10) /* = the reach of a u16 address */
 #define DISK_SIZE    (128u << 10)
@@ -74,7 +77,6 @@
 #define MAX_OPS	     128	/* script ops run per input, so an input stays fast */
 #define MAX_SAVES    2		/* save/load per input (each hashes the disk three times) */
 #define HDR_SIZE     12
-#define MAX_HANDLERS 1000 /* handler runs per drain before the loop counts as spinning */
 #define MMIO_BASE    0xd0000000ull
 
 #define M_RAW_REGS 4u
@@ -108,49 +110,7 @@ struct hdr {
 	uint16_t desc, avail, used;
 };
 
-static void check(bool ok, const char *what)
-{
-	if (!ok) {
-		fprintf(stderr, "fuzz_virtio_blk: invariant broken: %s\n", what);
-		abort();
-	}
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "fuzz_virtio_blk: setup failed: %s\n", what);
-	abort();
-}
-
-static uint16_t rd16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* ---- the driver's side ---- */
-
-static void drain(void)
-{
-	int r, n = 0;
-	while ((r = evloop_run_once(loop, 0)) > 0) {
-		n += r;
-		check(n <= MAX_HANDLERS, "the event loop goes idle");
-	}
-	check(r == 0, "evloop_run_once");
-}
-
-static void ack_irq(struct dev *d)
-{
-	uint64_t v;
-	if (read(virtio_mmio_irq_fd(d->t), &v, sizeof(v)) < 0 && errno != EAGAIN)
-		die("read of the interrupt eventfd");
-	vdrv_ack(d->t);
-}
 
 /* Reset, negotiate, set up queue 0 and set DRIVER_OK as @h says. */
 static void driver_init(struct dev *d, const struct hdr *h)
@@ -248,81 +208,14 @@ static void check_after(struct dev *d, const struct snap *before, bool served)
 
 /* ---- script actions ---- */
 
-static void offer(struct dev *d, uint16_t head)
-{
-	struct virtq q = queue_state(d);
-	if (!q.size || q.size > VIRTQ_MAX_SIZE)
-		return;
-	uint8_t *avail = gmem_ptr(&ram, q.avail_gpa, 4 + 2ull * q.size);
-	if (!avail)
-		return;
-	uint16_t idx = rd16(avail + 2);
-	uint8_t *slot = avail + 4 + 2u * (idx % q.size);
-	slot[0] = (uint8_t)head;
-	slot[1] = (uint8_t)(head >> 8);
-	idx++;
-	avail[2] = (uint8_t)idx;
-	avail[3] = (uint8_t)(idx >> 8);
-}
-
-static const uint16_t regs[] = {
-    VIRTIO_MMIO_DEVICE_FEATURES_SEL,
-    VIRTIO_MMIO_DRIVER_FEATURES,
-    VIRTIO_MMIO_DRIVER_FEATURES_SEL,
-    VIRTIO_MMIO_QUEUE_SEL,
-    VIRTIO_MMIO_QUEUE_NUM,
-    VIRTIO_MMIO_QUEUE_READY,
-    VIRTIO_MMIO_QUEUE_NOTIFY,
-    VIRTIO_MMIO_INTERRUPT_ACK,
-    VIRTIO_MMIO_STATUS,
-    VIRTIO_MMIO_QUEUE_DESC_LOW,
-    VIRTIO_MMIO_QUEUE_DESC_HIGH,
-    VIRTIO_MMIO_QUEUE_DRIVER_LOW,
-    VIRTIO_MMIO_QUEUE_DRIVER_HIGH,
-    VIRTIO_MMIO_QUEUE_DEVICE_LOW,
-    VIRTIO_MMIO_QUEUE_DEVICE_HIGH,
-    VIRTIO_MMIO_CONFIG_GENERATION,
-    VIRTIO_MMIO_INTERRUPT_STATUS,
-    VIRTIO_MMIO_QUEUE_NUM_MAX,
-    VIRTIO_MMIO_MAGIC,
-    VIRTIO_MMIO_SHM_SEL,
-};
-#define NREGS (sizeof(regs) / sizeof(regs[0]))
-
-/* u8 @sel: a register (sel < 0xc0), else a config access of 1, 2 or 4 bytes. */
-static void reg_access(struct dev *d, uint8_t sel, uint32_t v, bool write)
-{
-	if (sel < 0xc0) {
-		if (write)
-			vdrv_wr(d->t, regs[sel % NREGS], v);
-		else
-			(void)vdrv_rd(d->t, regs[sel % NREGS]);
-		return;
-	}
-	uint8_t buf[4];
-	unsigned int len = 1u << (v % 3);
-	memcpy(buf, &v, 4);
-	virtio_mmio_io(d->t, VIRTIO_MMIO_CONFIG + (sel & 0x3f), buf, len, write);
-}
-
 static struct dev *save_load(unsigned int disk)
 {
 	struct dev *from = &devs[disk][active[disk]], *to = &devs[disk][!active[disk]];
 	struct snap before = take_snap(from);
-	struct enc e;
-	struct dec dd;
 
 	before.requests = requests(to); /* blk statistics are per device, not saved */
-	enc_init(&e);
-	check(virtio_mmio_save(from->t, &e) == 0, "save");
-	vdrv_wr(from->t, VIRTIO_MMIO_STATUS, 0);
-	drain();
-	dec_init(&dd, e.buf, e.len);
-	check(virtio_mmio_load(to->t, &dd, VIRTIO_MMIO_STATE_VERSION) == 0,
-	      "a state just saved loads on the same disk");
-	enc_free(&e);
+	vfuzz_save_load(loop, from->t, to->t, "a state just saved loads on the same disk");
 	active[disk] = !active[disk];
-	drain();
 	check_after(to, &before, true);
 	return to;
 }
@@ -464,21 +357,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	struct dev *d = &devs[disk][active[disk]];
 
 	/* A fresh machine: device reset, RAM cleared, then the input's RAM image. */
-	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
-	drain();
-	ack_irq(d);
-	memset(ram.host, 0, RAM_SIZE);
-	memset(dirty, 0, sizeof(dirty));
-	ram.dirty = (h.mode & M_DIRTY) ? dirty : NULL;
-	size_t pos = HDR_SIZE, mem_len = rd16(data + 10);
-	if (mem_len > size - pos)
-		mem_len = size - pos;
-	memcpy(ram.host, data + pos, mem_len);
-	pos += mem_len;
+	size_t pos = vfuzz_fresh(loop, &ram, d->t, dirty, sizeof(dirty), h.mode & M_DIRTY, data,
+				 size, HDR_SIZE, 10);
 
 	struct snap before = take_snap(d);
 	driver_init(d, &h);
-	drain();
+	vfuzz_drain(loop);
 	check_after(d, &before, true);
 
 	unsigned int ops = 0, saves = 0;
@@ -490,19 +374,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				uint8_t v = data[pos++];
 				before = take_snap(d);
 				vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, v >= 0x80 ? v : 0);
-				drain();
+				vfuzz_drain(loop);
 				check_after(d, &before, v < 0x80);
 			}
 			break;
-		case 1:
-			if (pos + 3 <= size) {
-				ram.host[rd16(data + pos)] = data[pos + 2];
-				pos += 3;
-			}
-			break;
+		case 1: vfuzz_poke(&ram, data, size, &pos); break;
 		case 2:
 			if (pos + 2 <= size) {
-				offer(d, rd16(data + pos));
+				vfuzz_offer(&ram, d->t, 0, rd16(data + pos));
 				pos += 2;
 			}
 			break;
@@ -513,9 +392,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 4:
 			if (pos + 5 <= size) {
 				before = take_snap(d);
-				reg_access(d, data[pos], rd32(data + pos + 1), true);
+				vfuzz_reg_access(d->t, data[pos], rd32(data + pos + 1), true);
 				pos += 5;
-				drain();
+				vfuzz_drain(loop);
 				/* Unless the write reset the device (indices back to 0). */
 				if (vdrv_rd(d->t, VIRTIO_MMIO_STATUS) != 0)
 					check_after(d, &before, false);
@@ -523,8 +402,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 5:
 			if (pos < size) {
-				reg_access(d, data[pos++], 0, false);
-				ack_irq(d);
+				vfuzz_reg_access(d->t, data[pos++], 0, false);
+				vfuzz_ack_irq(d->t);
 			}
 			break;
 		case 6:
@@ -533,26 +412,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			/* The reset zeroes the indices: compare from there. */
 			before.q = queue_state(d);
 			before.q.last_avail = before.q.used_idx = 0;
-			drain();
+			vfuzz_drain(loop);
 			check_after(d, &before, true);
 			break;
-		case 7:
-			if (pos + 3 <= size) {
-				size_t at = rd16(data + pos), n = data[pos + 2];
-				pos += 3;
-				if (n > size - pos)
-					n = size - pos;
-				if (n > RAM_SIZE - at)
-					n = RAM_SIZE - at;
-				memcpy(ram.host + at, data + pos, n);
-				pos += n;
-			}
-			break;
+		case 7: vfuzz_write(&ram, data, size, &pos); break;
 		}
 	}
 	before = take_snap(d);
 	vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-	drain();
+	vfuzz_drain(loop);
 	check_after(d, &before, true);
 	ram.dirty = NULL;
 	if (verbose) {
@@ -575,52 +443,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* ---- seed generation ---- */
 
-#define SEED_MEM   0x6000u
 #define SEED_DESC  0x100u /* 32 entries: to 0x300 */
 #define SEED_AVAIL 0x400u
 #define SEED_USED  0x600u
 
-struct seed {
-	uint8_t buf[SEED_MEM + 1024];
-	size_t len;
-};
-
-static uint8_t mem[SEED_MEM];
 static unsigned int ndesc, navail;
-
-static void put(struct seed *s, const void *p, size_t n)
-{
-	memcpy(s->buf + s->len, p, n);
-	s->len += n;
-}
-
-static void put8(struct seed *s, uint8_t v)
-{
-	put(s, &v, 1);
-}
-
-static void put16(struct seed *s, uint16_t v)
-{
-	uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
-	put(s, b, 2);
-}
-
-static void mem_le(uint32_t at, uint64_t v, unsigned int n)
-{
-	for (unsigned int i = 0; i < n; i++)
-		mem[at + i] = (uint8_t)(v >> (8 * i));
-}
-
-/* Descriptor @i in the table at @table. */
-static void set_desc(uint32_t table, unsigned int i, uint64_t addr, uint32_t len, uint16_t flags,
-		     uint16_t next)
-{
-	uint32_t at = table + 16 * i;
-	mem_le(at, addr, 8);
-	mem_le(at + 8, len, 4);
-	mem_le(at + 12, flags, 2);
-	mem_le(at + 14, next, 2);
-}
 
 struct seg {
 	uint32_t addr, len;
@@ -661,29 +488,7 @@ static void seed_begin(struct seed *s, uint8_t mode, uint8_t refuse)
 	put16(s, SEED_DESC);
 	put16(s, SEED_AVAIL);
 	put16(s, SEED_USED);
-	put16(s, SEED_MEM);
-}
-
-/* The RAM image up to its last non-zero byte (the rest of RAM is zero anyway). */
-static void seed_mem(struct seed *s)
-{
-	uint16_t n = SEED_MEM;
-	while (n && !mem[n - 1])
-		n--;
-	s->buf[10] = (uint8_t)n;
-	s->buf[11] = (uint8_t)(n >> 8);
-	put(s, mem, n);
-}
-
-static void write_seed(const char *dir, const char *name, const struct seed *s)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "wb");
-	if (!f || fwrite(s->buf, 1, s->len, f) != s->len || fclose(f)) {
-		perror(path);
-		exit(1);
-	}
+	put16(s, VFUZZ_SEED_MEM);
 }
 
 /* Write, read back, flush, get-id: every kind of layout for data and status. */
@@ -712,7 +517,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	/* Reads, writes, flush, get-id on the raw disk; then a second round offered again. */
 	seed_begin(&s, DISK_RAW, 0);
 	rw_requests();
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	put8(&s, 0); /* notify */
 	put8(&s, 0);
 	put8(&s, 2); /* offer head 0 (the write) again, then notify */
@@ -724,17 +529,17 @@ __attribute__((constructor)) static void gen_seeds(void)
 	/* The same on the overlay, write-through (FLUSH refused), dirty tracking. */
 	seed_begin(&s, DISK_OVL | M_DIRTY, 1);
 	rw_requests();
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "rw-overlay", &s);
 
 	/* Read-only disks: the write fails, the rest works. */
 	seed_begin(&s, DISK_RO, 0);
 	rw_requests();
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "rw-ro", &s);
 	seed_begin(&s, DISK_RO_OVL, 0);
 	rw_requests();
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "rw-ro-overlay", &s);
 
 	/* Discard and write-zeroes (two segments, UNMAP), an indirect read. */
@@ -756,7 +561,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	set_desc(0xc00, 2, 0x1090, 1, 2, 0);
 	chain((struct seg[]){{0xc00, 48, 0}}, 1);
 	set_desc(SEED_DESC, ndesc - 1, 0xc00, 48, 4, 0);
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "zeroes-indirect", &s);
 
 	/* Discard and write-zeroes a driver gets wrong (WRITE_ZEROES not negotiated), and a write
@@ -784,7 +589,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	req_hdr(0x1120, VIRTIO_BLK_T_OUT, 0); /* the overlay magic at sector 0 */
 	memcpy(mem + 0x1800, "VMSNAPOV", 8);
 	chain((struct seg[]){{0x1120, 16, 0}, {0x1800, 512, 0}, {0x1130, 1, 1}}, 3);
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "zeroes-errors", &s);
 
 	/* A ring the device cannot use: the avail index more than the queue size ahead. Then the
@@ -792,7 +597,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	seed_begin(&s, DISK_RAW, 0);
 	rw_requests();
 	mem_le(SEED_AVAIL + 2, 0x100, 2);
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	put8(&s, 6);
 	write_seed(dir, "broken", &s);
 
@@ -808,7 +613,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	set_desc(SEED_DESC, ndesc - 1, 0x2000, 16 * VIRTQ_MAX_IOV, 4, 0);
 	chain((struct seg[]){{0x1000, 16, 0}, {0x2000, 16 * VIRTQ_MAX_IOV, 0}}, 2);
 	set_desc(SEED_DESC, ndesc - 1, 0x2000, 16 * VIRTQ_MAX_IOV, 4, 0);
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "many-segments", &s);
 
 	/* What a guest gets wrong: a short header, no status byte, past the end, not whole
@@ -829,13 +634,13 @@ __attribute__((constructor)) static void gen_seeds(void)
 	uint16_t loop_head = chain((struct seg[]){{0x10a0, 16, 0}, {0x10b0, 1, 1}}, 2);
 	set_desc(SEED_DESC, loop_head + 1u, 0x10b0, 1, 3, (uint16_t)(loop_head + 1u));
 	chain((struct seg[]){{0x10a0, 16, 0}, {0x10b0, 1, 1}, {0x2000, 512, 0}}, 3);
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	write_seed(dir, "errors", &s);
 
 	/* Save and load in the middle of a sequence; register pokes; re-initialisation. */
 	seed_begin(&s, DISK_RAW, 0);
 	rw_requests();
-	seed_mem(&s);
+	seed_mem(&s, 10);
 	put8(&s, 2); /* offer the write again, save/load, notify */
 	put16(&s, 0);
 	put8(&s, 3);

@@ -76,16 +76,18 @@
 #include "vmm/virtio_mmio.h"
 #include "vmm/virtio_net.h"
 #include "vmm/virtq.h"
-#include "tests/common/virtio_driver.h"
 
-#define RAM_SIZE     (64u << 10) /* = the reach of a u16 address */
-#define HDR_SIZE     18
-#define MAX_HANDLERS 1000 /* handler runs per drain before the loop counts as spinning */
-#define MAX_FRAMES   64	  /* frames the host sends per input (the tap queues 500) */
-#define MAX_OPS	     256  /* script ops run per input, so an input stays fast */
-#define ETHERTYPE    0x88B5
-#define MMIO_BASE    0xd0000000ull
-#define NQ	     2
+#define VFUZZ_NAME     "fuzz_virtio_net"
+#define VFUZZ_SEED_MEM 0xb000u /* the seeds' RAM image */
+#include "tests/common/virtio_fuzz.h"
+
+#define RAM_SIZE   (64u << 10) /* = the reach of a u16 address */
+#define HDR_SIZE   18
+#define MAX_FRAMES 64  /* frames the host sends per input (the tap queues 500) */
+#define MAX_OPS	   256 /* script ops run per input, so an input stays fast */
+#define ETHERTYPE  0x88B5
+#define MMIO_BASE  0xd0000000ull
+#define NQ	   2
 
 #define M_RAW_REGS 1u
 #define M_DIRTY	   2u
@@ -118,49 +120,7 @@ struct hdr {
 	uint16_t desc[NQ], avail[NQ], used[NQ];
 };
 
-static void check(bool ok, const char *what)
-{
-	if (!ok) {
-		fprintf(stderr, "fuzz_virtio_net: invariant broken: %s\n", what);
-		abort();
-	}
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "fuzz_virtio_net: setup failed: %s\n", what);
-	abort();
-}
-
-static uint16_t rd16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 /* ---- the driver's side ---- */
-
-static void drain(void)
-{
-	int r, n = 0;
-	while ((r = evloop_run_once(loop, 0)) > 0) {
-		n += r;
-		check(n <= MAX_HANDLERS, "the event loop goes idle");
-	}
-	check(r == 0, "evloop_run_once");
-}
-
-static void ack_irq(struct dev *d)
-{
-	uint64_t v;
-	if (read(virtio_mmio_irq_fd(d->t), &v, sizeof(v)) < 0 && errno != EAGAIN)
-		die("read of the interrupt eventfd");
-	vdrv_ack(d->t);
-}
 
 /* Reset, negotiate what is offered but @refuse (bits as in the header), up to FEATURES_OK. */
 static void driver_features(struct dev *d, uint8_t refuse)
@@ -261,82 +221,13 @@ static void check_after(struct dev *d, const struct snap *before, unsigned int s
 
 /* ---- script actions ---- */
 
-static void offer(struct dev *d, unsigned int qi, uint16_t head)
-{
-	virtio_mmio_lock(d->t);
-	struct virtq q = *virtio_mmio_queue(d->t, qi);
-	virtio_mmio_unlock(d->t);
-	if (!q.size || q.size > VIRTQ_MAX_SIZE)
-		return;
-	uint8_t *avail = gmem_ptr(&ram, q.avail_gpa, 4 + 2ull * q.size);
-	if (!avail)
-		return;
-	uint16_t idx = rd16(avail + 2);
-	uint8_t *slot = avail + 4 + 2u * (idx % q.size);
-	slot[0] = (uint8_t)head;
-	slot[1] = (uint8_t)(head >> 8);
-	idx++;
-	avail[2] = (uint8_t)idx;
-	avail[3] = (uint8_t)(idx >> 8);
-}
-
-static const uint16_t regs[] = {
-    VIRTIO_MMIO_DEVICE_FEATURES_SEL,
-    VIRTIO_MMIO_DRIVER_FEATURES,
-    VIRTIO_MMIO_DRIVER_FEATURES_SEL,
-    VIRTIO_MMIO_QUEUE_SEL,
-    VIRTIO_MMIO_QUEUE_NUM,
-    VIRTIO_MMIO_QUEUE_READY,
-    VIRTIO_MMIO_QUEUE_NOTIFY,
-    VIRTIO_MMIO_INTERRUPT_ACK,
-    VIRTIO_MMIO_STATUS,
-    VIRTIO_MMIO_QUEUE_DESC_LOW,
-    VIRTIO_MMIO_QUEUE_DESC_HIGH,
-    VIRTIO_MMIO_QUEUE_DRIVER_LOW,
-    VIRTIO_MMIO_QUEUE_DRIVER_HIGH,
-    VIRTIO_MMIO_QUEUE_DEVICE_LOW,
-    VIRTIO_MMIO_QUEUE_DEVICE_HIGH,
-    VIRTIO_MMIO_CONFIG_GENERATION,
-    VIRTIO_MMIO_INTERRUPT_STATUS,
-    VIRTIO_MMIO_QUEUE_NUM_MAX,
-    VIRTIO_MMIO_MAGIC,
-    VIRTIO_MMIO_SHM_SEL,
-};
-#define NREGS (sizeof(regs) / sizeof(regs[0]))
-
-/* u8 @sel: a register (sel < 0xc0), else a config access of 1, 2 or 4 bytes. */
-static void reg_access(struct dev *d, uint8_t sel, uint32_t v, bool write)
-{
-	if (sel < 0xc0) {
-		if (write)
-			vdrv_wr(d->t, regs[sel % NREGS], v);
-		else
-			(void)vdrv_rd(d->t, regs[sel % NREGS]);
-		return;
-	}
-	uint8_t buf[4];
-	unsigned int len = 1u << (v % 3);
-	memcpy(buf, &v, 4);
-	virtio_mmio_io(d->t, VIRTIO_MMIO_CONFIG + (sel & 0x3f), buf, len, write);
-}
-
 static struct dev *save_load(void)
 {
 	struct dev *from = &devs[active], *to = &devs[!active];
 	struct snap before = take_snap(from); /* the counters travel with the state */
-	struct enc e;
-	struct dec dd;
 
-	enc_init(&e);
-	check(virtio_mmio_save(from->t, &e) == 0, "save");
-	vdrv_wr(from->t, VIRTIO_MMIO_STATUS, 0);
-	drain();
-	dec_init(&dd, e.buf, e.len);
-	check(virtio_mmio_load(to->t, &dd, VIRTIO_MMIO_STATE_VERSION) == 0,
-	      "a state just saved loads");
-	enc_free(&e);
+	vfuzz_save_load(loop, from->t, to->t, "a state just saved loads");
 	active = !active;
-	drain();
 	check_after(to, &before, 3);
 	return to;
 }
@@ -397,13 +288,13 @@ static void empty_tap(struct dev *d)
 	}
 	before.q[0].last_avail = before.q[0].used_idx = 0; /* the reset */
 	before.q[1] = before.q[0];
-	drain();
+	vfuzz_drain(loop);
 	for (unsigned int round = 0; d->in_tap && round < MAX_FRAMES; round++) {
 		uint64_t left = d->in_tap;
 		for (unsigned int i = 0; i < N; i++)
-			offer(d, VIRTIO_NET_RXQ, (uint16_t)i);
+			vfuzz_offer(&ram, d->t, VIRTIO_NET_RXQ, (uint16_t)i);
 		vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_NET_RXQ);
-		drain();
+		vfuzz_drain(loop);
 		check_after(d, &before, 1);
 		before = take_snap(d);
 		if (d->in_tap == left)
@@ -411,7 +302,7 @@ static void empty_tap(struct dev *d)
 	}
 	check(d->in_tap == 0, "every frame the host sent is delivered or counted as dropped");
 	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
-	drain();
+	vfuzz_drain(loop);
 }
 
 /* ---- set-up ---- */
@@ -546,21 +437,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			die("bringing a tap down");
 
 	/* A fresh machine: device reset, RAM cleared, then the input's RAM image. */
-	vdrv_wr(d->t, VIRTIO_MMIO_STATUS, 0);
-	drain();
-	ack_irq(d);
-	memset(ram.host, 0, RAM_SIZE);
-	memset(dirty, 0, sizeof(dirty));
-	ram.dirty = (h.mode & M_DIRTY) ? dirty : NULL;
-	size_t pos = HDR_SIZE, mem_len = rd16(data + 16);
-	if (mem_len > size - pos)
-		mem_len = size - pos;
-	memcpy(ram.host, data + pos, mem_len);
-	pos += mem_len;
+	size_t pos = vfuzz_fresh(loop, &ram, d->t, dirty, sizeof(dirty), h.mode & M_DIRTY, data,
+				 size, HDR_SIZE, 16);
 
 	struct snap before = take_snap(d);
 	driver_init(d, &h);
-	drain();
+	vfuzz_drain(loop);
 	check_after(d, &before, 3);
 
 	unsigned int ops = 0;
@@ -573,19 +455,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				uint32_t qi = v >= 0x80 ? v : v & 1u;
 				before = take_snap(d);
 				vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, qi);
-				drain();
+				vfuzz_drain(loop);
 				check_after(d, &before, qi < NQ ? 1u << qi : 0);
 			}
 			break;
-		case 1:
-			if (pos + 3 <= size) {
-				ram.host[rd16(data + pos)] = data[pos + 2];
-				pos += 3;
-			}
-			break;
+		case 1: vfuzz_poke(&ram, data, size, &pos); break;
 		case 2:
 			if (pos + 3 <= size) {
-				offer(d, data[pos] & 1u, rd16(data + pos + 1));
+				vfuzz_offer(&ram, d->t, data[pos] & 1u, rd16(data + pos + 1));
 				pos += 3;
 			}
 			break;
@@ -593,9 +470,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 4:
 			if (pos + 5 <= size) {
 				before = take_snap(d);
-				reg_access(d, data[pos], rd32(data + pos + 1), true);
+				vfuzz_reg_access(d->t, data[pos], rd32(data + pos + 1), true);
 				pos += 5;
-				drain();
+				vfuzz_drain(loop);
 				/* Unless the write reset the device (indices back to 0). */
 				if (vdrv_rd(d->t, VIRTIO_MMIO_STATUS) != 0)
 					check_after(d, &before, 0);
@@ -603,8 +480,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		case 5:
 			if (pos < size) {
-				reg_access(d, data[pos++], 0, false);
-				ack_irq(d);
+				vfuzz_reg_access(d->t, data[pos++], 0, false);
+				vfuzz_ack_irq(d->t);
 			}
 			break;
 		case 6:
@@ -612,29 +489,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				before = take_snap(d);
 				host_send(d, rd16(data + pos), data[pos + 2]);
 				pos += 3;
-				drain();
+				vfuzz_drain(loop);
 				check_after(d, &before, 0);
 			}
 			break;
-		case 7:
-			if (pos + 3 <= size) {
-				size_t at = rd16(data + pos), n = data[pos + 2];
-				pos += 3;
-				if (n > size - pos)
-					n = size - pos;
-				if (n > RAM_SIZE - at)
-					n = RAM_SIZE - at;
-				memcpy(ram.host + at, data + pos, n);
-				pos += n;
-			}
-			break;
+		case 7: vfuzz_write(&ram, data, size, &pos); break;
 		case 8:
 			before = take_snap(d);
 			driver_init(d, &h);
 			/* The reset zeroes the indices: compare from there. */
 			for (unsigned int i = 0; i < NQ; i++)
 				before.q[i].last_avail = before.q[i].used_idx = 0;
-			drain();
+			vfuzz_drain(loop);
 			check_after(d, &before, 3);
 			break;
 		}
@@ -642,7 +508,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (unsigned int qi = 0; qi < NQ; qi++) {
 		before = take_snap(d);
 		vdrv_wr(d->t, VIRTIO_MMIO_QUEUE_NOTIFY, qi);
-		drain();
+		vfuzz_drain(loop);
 		check_after(d, &before, 1u << qi);
 	}
 	if (verbose) {
@@ -675,51 +541,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 /* ---- seed generation ---- */
 
-#define SEED_MEM 0xb000u
-
-struct seed {
-	uint8_t buf[SEED_MEM + 1024];
-	size_t len;
-};
 /* 32-entry rings: receive at 0x100 (table to 0x300), 0x400, 0x600; transmit from 0x800. */
 static const uint16_t seed_desc[NQ] = {0x100, 0x800}, seed_avail[NQ] = {0x400, 0xb00},
 		      seed_used[NQ] = {0x600, 0xd00};
 
-static uint8_t mem[SEED_MEM];
 static unsigned int ndesc[NQ], navail[NQ];
-
-static void put(struct seed *s, const void *p, size_t n)
-{
-	memcpy(s->buf + s->len, p, n);
-	s->len += n;
-}
-
-static void put8(struct seed *s, uint8_t v)
-{
-	put(s, &v, 1);
-}
-
-static void put16(struct seed *s, uint16_t v)
-{
-	uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
-	put(s, b, 2);
-}
-
-static void mem_le(uint32_t at, uint64_t v, unsigned int n)
-{
-	for (unsigned int i = 0; i < n; i++)
-		mem[at + i] = (uint8_t)(v >> (8 * i));
-}
-
-static void set_desc(uint32_t table, unsigned int i, uint64_t addr, uint32_t len, uint16_t flags,
-		     uint16_t next)
-{
-	uint32_t at = table + 16 * i;
-	mem_le(at, addr, 8);
-	mem_le(at + 8, len, 4);
-	mem_le(at + 12, flags, 2);
-	mem_le(at + 14, next, 2);
-}
 
 struct seg {
 	uint32_t addr, len;
@@ -768,18 +594,7 @@ static void seed_begin(struct seed *s, uint8_t mode, uint8_t refuse)
 		put16(s, seed_avail[i]);
 		put16(s, seed_used[i]);
 	}
-	put16(s, SEED_MEM);
-}
-
-/* The RAM image up to its last non-zero byte (the rest of RAM is zero anyway). */
-static void seed_mem(struct seed *s)
-{
-	uint16_t n = SEED_MEM;
-	while (n && !mem[n - 1])
-		n--;
-	s->buf[16] = (uint8_t)n;
-	s->buf[17] = (uint8_t)(n >> 8);
-	put(s, mem, n);
+	put16(s, VFUZZ_SEED_MEM);
 }
 
 static void op_notify(struct seed *s, uint8_t qi)
@@ -793,17 +608,6 @@ static void op_send(struct seed *s, uint16_t len, uint8_t pattern)
 	put8(s, 6);
 	put16(s, len);
 	put8(s, pattern);
-}
-
-static void write_seed(const char *dir, const char *name, const struct seed *s)
-{
-	char path[4096];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, "wb");
-	if (!f || fwrite(s->buf, 1, s->len, f) != s->len || fclose(f)) {
-		perror(path);
-		exit(1);
-	}
 }
 
 /* Transmit chains: whole, split, in pieces, indirect; and some the device refuses. */
@@ -854,7 +658,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 
 	seed_begin(&s, 0, 0);
 	tx_chains();
-	seed_mem(&s);
+	seed_mem(&s, 16);
 	op_notify(&s, 1);
 	put8(&s, 2); /* offer the first frame again */
 	put8(&s, 1);
@@ -864,7 +668,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 
 	seed_begin(&s, M_DIRTY, 0);
 	rx_chains();
-	seed_mem(&s);
+	seed_mem(&s, 16);
 	op_notify(&s, 0);
 	op_send(&s, 60, 0);
 	op_send(&s, 1514, 1);
@@ -878,7 +682,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	seed_begin(&s, 0, 0);
 	tx_chains();
 	rx_chains();
-	seed_mem(&s);
+	seed_mem(&s, 16);
 	op_notify(&s, 0);
 	op_send(&s, 60, 0);
 	op_notify(&s, 1);
@@ -906,7 +710,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	mem_le(seed_avail[1] + 4 + 2 * navail[1], 999, 2);
 	navail[1]++;
 	mem_le(seed_avail[1] + 2, navail[1], 2);
-	seed_mem(&s);
+	seed_mem(&s, 16);
 	op_notify(&s, 0);
 	op_send(&s, 60, 0);
 	op_send(&s, 60, 0);
@@ -937,7 +741,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	chain(0, (struct seg[]){{0x6000, 16 * VIRTQ_MAX_IOV, 0}}, 1);
 	set_desc(seed_desc[0], ndesc[0] - 1, 0x6000, 16 * VIRTQ_MAX_IOV, 4, 0);
 	chain(0, (struct seg[]){{0x1000, 1526, 1}}, 1);
-	seed_mem(&s);
+	seed_mem(&s, 16);
 	op_notify(&s, 1);
 	op_notify(&s, 0);
 	op_send(&s, 60, 0);
@@ -946,7 +750,7 @@ __attribute__((constructor)) static void gen_seeds(void)
 	/* Transmit with the tap down: every frame refused by the tap, counted dropped. */
 	seed_begin(&s, M_DOWN, 0);
 	tx_chains();
-	seed_mem(&s);
+	seed_mem(&s, 16);
 	op_notify(&s, 1);
 	op_send(&s, 60, 0); /* not sent: the link is down */
 	write_seed(dir, "tx-down", &s);
