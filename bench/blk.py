@@ -41,6 +41,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import idle_cores, wait_quiet  # noqa: E402
+
 MIB = 1 << 20
 
 
@@ -74,28 +77,6 @@ class Env:
         os.sync()  # no writeback of an earlier case left to compete with this one
         with open(self.file, "wb") as f:
             f.truncate(self.a.mib * MIB)
-
-
-def idle_cores(window):
-    """Idle CPU of the whole machine over @window seconds, in cores (/proc/stat idle+iowait)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4]
-    i0, t0 = read(), time.monotonic()
-    time.sleep(window)
-    return (read() - i0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
-
-
-def wait_quiet(a):
-    """Before a measurement: wait (at most --quiet-wait s) until the machine has been at least
-    --quiet-idle cores idle over 0.5 s; the other work on this shared machine comes and goes.
-    Returns the idle cores last seen."""
-    deadline = time.monotonic() + a.quiet_wait
-    while True:
-        idle = idle_cores(0.5)
-        if idle >= a.quiet_idle or time.monotonic() >= deadline:
-            return idle
 
 
 def dd(args):

@@ -61,6 +61,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import idle_cores, wait_quiet  # noqa: E402
+
 MIB = 1 << 20
 LIVE = set()  # pids of VMMs this run started and has not stopped yet: killed on any exit
 ENV_QEMU = "qemu-system-x86_64"
@@ -116,28 +119,6 @@ def wait_gone(pids, timeout=60):
         if left:
             time.sleep(0.02)
     return not left
-
-
-def idle_cores(window):
-    """Idle CPU of the whole machine over @window seconds, in cores (/proc/stat idle+iowait)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4]
-    i0, t0 = read(), time.monotonic()
-    time.sleep(window)
-    return (read() - i0) / os.sysconf("SC_CLK_TCK") / (time.monotonic() - t0)
-
-
-def wait_quiet(a):
-    """Before a measurement: wait (at most --quiet-wait s) until the machine has been at least
-    --quiet-idle cores idle over 0.5 s; the other work on this shared machine comes and goes.
-    Returns the idle cores last seen."""
-    deadline = time.monotonic() + a.quiet_wait
-    while True:
-        idle = idle_cores(0.5)
-        if idle >= a.quiet_idle or time.monotonic() >= deadline:
-            return idle
 
 
 class QMP:
