@@ -31,16 +31,18 @@ int cmd_clone(int argc, char **argv);
 int cmd_ps(int argc, char **argv);
 
 /*
- * The registry `vmsnap ps` reads (registry.c): a VM process adds itself once it runs and
- * removes itself when it ends. @kind is "run", "restore", "receive" or "clone"; @name, @api
- * and @image may be NULL. Failures are silent (the VM runs all the same).
+ * The registry `vmsnap ps` reads (registry.c): a VM process adds itself once its vCPUs run
+ * (vm_set_on_running, so the guest does not wait for the file) and removes itself when it
+ * ends. @kind is "run", "restore", "receive" or "clone"; @name, @api and @image may be NULL.
+ * Failures are silent (the VM runs all the same).
  */
+struct vm;
 const char *cli_registry_dir(void);
-void cli_registry_add(const char *kind, const char *name, const char *api, const char *image);
+void cli_registry_add(struct vm *vm, const char *kind, const char *name, const char *api,
+		      const char *image);
 void cli_registry_remove(void);
 
 /** vm_run() @vm and map how it ended to an exit status (as `run` documents). */
-struct vm;
 int cli_run_vm(struct vm *vm);
 
 /**

@@ -163,7 +163,7 @@ static void run_child(const char *image, struct clone *c, unsigned int ndisks,
 		_exit(EXIT_FAIL);
 	}
 	log_info("%s: restored from %s in %.2f ms", c->name, image, st.total_us / 1000.0);
-	cli_registry_add("clone", c->name, c->api, image);
+	cli_registry_add(vm, "clone", c->name, c->api, image);
 	struct ready_arg ra = { vm, wfd };
 	pthread_t t;
 	bool thr = pthread_create(&t, NULL, ready_thread, &ra) == 0;

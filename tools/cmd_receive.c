@@ -146,7 +146,7 @@ int cmd_receive(int argc, char **argv)
 		mig_receive_free(rx);
 		return EXIT_FAIL;
 	}
-	cli_registry_add("receive", NULL, o.api_path, NULL);
+	cli_registry_add(vm, "receive", NULL, o.api_path, NULL);
 	int status = cli_run_vm(vm);
 	cli_registry_remove();
 	mig_receive_finish(rx);

@@ -103,7 +103,7 @@ int cmd_restore(int argc, char **argv)
 		 "state %.2f)",
 		 ro.path, st.total_us / 1000.0, st.open_us / 1000.0, st.create_us / 1000.0,
 		 st.memory_us / 1000.0, st.mmap ? "mmap" : "eager", st.state_us / 1000.0);
-	cli_registry_add("restore", NULL, ro.api_path, ro.path);
+	cli_registry_add(vm, "restore", NULL, ro.api_path, ro.path);
 	int status = cli_run_vm(vm);
 	cli_registry_remove();
 	mig_api_shutdown(vm);

@@ -126,7 +126,7 @@ int cmd_run(int argc, char **argv)
 		vm_destroy(vm);
 		return EXIT_FAIL;
 	}
-	cli_registry_add("run", NULL, cfg.api_path, cfg.kernel);
+	cli_registry_add(vm, "run", NULL, cfg.api_path, cfg.kernel);
 	int status = cli_run_vm(vm);
 	cli_registry_remove();
 	mig_api_shutdown(vm);

@@ -17,6 +17,7 @@
 #include "tools/cli.h"
 #include "util/json.h"
 #include "util/log.h"
+#include "vmm/vm.h"
 
 static char reg_file[PATH_MAX];
 
@@ -38,8 +39,10 @@ const char *cli_registry_dir(void)
 
 static char *abs_path(const char *p, char *buf, size_t len)
 {
-	if (!p || !*p)
-		return (char *)"";
+	if (!p || !*p) {
+		buf[0] = 0;
+		return buf;
+	}
 	if (p[0] == '/' || !getcwd(buf, len)) {
 		snprintf(buf, len, "%s", p);
 		return buf;
@@ -49,8 +52,14 @@ static char *abs_path(const char *p, char *buf, size_t len)
 	return buf;
 }
 
-void cli_registry_add(const char *kind, const char *name, const char *api, const char *image)
+/* What cli_registry_add() was given, written once the vCPUs run. */
+static struct {
+	char kind[16], name[256], api[PATH_MAX], image[PATH_MAX];
+} pending;
+
+static void registry_write(void *unused)
 {
+	(void)unused;
 	const char *dir = cli_registry_dir();
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
 		log_debug("registry %s: %s", dir, strerror(errno));
@@ -58,16 +67,15 @@ void cli_registry_add(const char *kind, const char *name, const char *api, const
 	}
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
-	char a[PATH_MAX], im[PATH_MAX];
 	struct jw w;
 	jw_init(&w, 8192);
 	jw_obj_begin(&w);
 	jw_kv_u64(&w, "v", 1);
 	jw_kv_u64(&w, "pid", (uint64_t)getpid());
-	jw_kv_str(&w, "kind", kind);
-	jw_kv_str(&w, "name", name ? name : "");
-	jw_kv_str(&w, "api", abs_path(api, a, sizeof(a)));
-	jw_kv_str(&w, "image", abs_path(image, im, sizeof(im)));
+	jw_kv_str(&w, "kind", pending.kind);
+	jw_kv_str(&w, "name", pending.name);
+	jw_kv_str(&w, "api", pending.api);
+	jw_kv_str(&w, "image", pending.image);
 	jw_kv_u64(&w, "started_ms", (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u);
 	jw_obj_end(&w);
 	char tmp[PATH_MAX + 8];
@@ -86,6 +94,16 @@ void cli_registry_add(const char *kind, const char *name, const char *api, const
 		reg_file[0] = 0;
 	}
 	jw_free(&w);
+}
+
+void cli_registry_add(struct vm *vm, const char *kind, const char *name, const char *api,
+		      const char *image)
+{
+	snprintf(pending.kind, sizeof(pending.kind), "%s", kind);
+	snprintf(pending.name, sizeof(pending.name), "%s", name ? name : "");
+	abs_path(api, pending.api, sizeof(pending.api));
+	abs_path(image, pending.image, sizeof(pending.image));
+	vm_set_on_running(vm, registry_write, NULL);
 }
 
 void cli_registry_remove(void)

@@ -385,6 +385,12 @@ static void console_input(struct vm *vm, const uint8_t *buf, size_t n)
 	}
 }
 
+void vm_set_on_running(struct vm *vm, void (*fn)(void *), void *arg)
+{
+	vm->on_running = fn;
+	vm->on_running_arg = arg;
+}
+
 enum vm_exit_kind vm_run(struct vm *vm, const char **reason)
 {
 	sigset_t block, old;
@@ -431,6 +437,9 @@ enum vm_exit_kind vm_run(struct vm *vm, const char **reason)
 			vc->run->immediate_exit = 1;
 		pthread_mutex_unlock(&vm->lock);
 	}
+
+	if (vm->on_running && !atomic_load(&vm->stopping))
+		vm->on_running(vm->on_running_arg);
 
 	bool input_open = vm->console_in >= 0;
 	if (input_open)

@@ -121,6 +121,12 @@ int vm_create(const struct vm_config *cfg, struct vm **out);
 enum vm_exit_kind vm_run(struct vm *vm, const char **reason);
 
 /**
+ * Have vm_run() call @fn(@arg) once, on its own thread, right after the vCPU threads start:
+ * bookkeeping that need not delay the guest (the `vmsnap ps` registry) goes there.
+ */
+void vm_set_on_running(struct vm *vm, void (*fn)(void *), void *arg);
+
+/**
  * Stop every vCPU outside KVM_RUN with its state consistent (pending I/O completed) and keep
  * them there. Returns 0 (also when already paused), or -ESHUTDOWN if the VM is ending.
  */

@@ -97,6 +97,8 @@ struct vm {
 	int stop_signal;
 	int stop_efd;		/* eventfd: written once when the VM must end */
 	uint64_t start_ns;
+	void (*on_running)(void *); /* vm_set_on_running() */
+	void *on_running_arg;
 	uint64_t paused_at_ns;
 	uint64_t paused_total_ns;
 	uint64_t last_pause_us;

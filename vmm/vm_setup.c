@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Creating a VM: KVM objects, RAM, vCPUs with CPUID/MSRs/LAPIC, devices, the kernel. */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <stdio.h>
@@ -98,24 +99,41 @@ static int kvm_check_caps(int kvm_fd)
 	return 0;
 }
 
+/*
+ * KVM_GET_SUPPORTED_CPUID, asked once per process: it does not change while we run, and a
+ * restore would otherwise ask twice (the image's CPU check, then the vCPUs). A copy each call.
+ */
 struct kvm_cpuid2 *vm_supported_cpuid(int kvm_fd)
 {
-	for (unsigned int n = 128; n <= 4096; n *= 2) {
-		struct kvm_cpuid2 *c = calloc(1, sizeof(*c) + n * sizeof(c->entries[0]));
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static struct kvm_cpuid2 *cached;
+	static size_t cached_size;
+
+	pthread_mutex_lock(&lock);
+	for (unsigned int n = 128; !cached && n <= 4096; n *= 2) {
+		size_t size = sizeof(*cached) + n * sizeof(cached->entries[0]);
+		struct kvm_cpuid2 *c = calloc(1, size);
 		if (!c)
-			return NULL;
+			break;
 		c->nent = n;
-		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0)
-			return c;
+		if (ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+			cached = c;
+			cached_size = size;
+			break;
+		}
 		int e = errno;
 		free(c);
 		if (e != E2BIG) {
 			errno = e;
 			log_errno("KVM_GET_SUPPORTED_CPUID");
-			return NULL;
+			break;
 		}
 	}
-	return NULL;
+	struct kvm_cpuid2 *copy = cached ? malloc(cached_size) : NULL;
+	if (copy)
+		memcpy(copy, cached, cached_size);
+	pthread_mutex_unlock(&lock);
+	return copy;
 }
 
 /* LINT0 as ExtINT and LINT1 as NMI, as firmware leaves them for an OS that reads MP tables. */
@@ -375,18 +393,8 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 	uint64_t idmap = KVM_IDENTITY_MAP_ADDR;
 	if (ioctl(vm->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &idmap) < 0)
 		log_debug("KVM_SET_IDENTITY_MAP_ADDR: %s", strerror(errno));
-	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
-		r = -errno;
-		log_errno("KVM_CREATE_IRQCHIP");
-		goto fail;
-	}
-	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
-	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
-		r = -errno;
-		log_errno("KVM_CREATE_PIT2");
-		goto fail;
-	}
-
+	/* RAM before the irqchip: with an in-kernel irqchip, every memslot change waits for a
+	 * grace period (4-9 ms here, more than all the rest of creating the VM). */
 	if (cfg->restore && cfg->mem_from_file)
 		r = gmem_map_file(&vm->mem, cfg->mem_size, cfg->mem_file_fd, cfg->mem_file_offset);
 	else
@@ -406,6 +414,18 @@ int vm_create(const struct vm_config *cfg, struct vm **out)
 			log_errno("KVM_SET_USER_MEMORY_REGION slot %u", i);
 			goto fail;
 		}
+	}
+
+	if (ioctl(vm->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
+		r = -errno;
+		log_errno("KVM_CREATE_IRQCHIP");
+		goto fail;
+	}
+	struct kvm_pit_config pit = { .flags = KVM_PIT_SPEAKER_DUMMY };
+	if (ioctl(vm->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
+		r = -errno;
+		log_errno("KVM_CREATE_PIT2");
+		goto fail;
 	}
 
 	supported = vm_supported_cpuid(vm->kvm_fd);
