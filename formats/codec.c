@@ -55,6 +55,11 @@ static uint8_t *enc_room(struct enc *e, size_t n)
 	return p;
 }
 
+uint8_t *enc_append(struct enc *e, size_t n)
+{
+	return enc_room(e, n);
+}
+
 static void enc_le(struct enc *e, uint64_t v, unsigned int n)
 {
 	uint8_t *p = enc_room(e, n);

@@ -30,6 +30,8 @@ void enc_u16(struct enc *e, uint16_t v);
 void enc_u32(struct enc *e, uint32_t v);
 void enc_u64(struct enc *e, uint64_t v);
 void enc_bytes(struct enc *e, const void *p, size_t n);
+/** @n more bytes for the caller to fill in place, or NULL with -ENOMEM latched. */
+uint8_t *enc_append(struct enc *e, size_t n);
 /** A string as u32 length + bytes (no terminator). NULL encodes as the empty string. */
 void enc_str(struct enc *e, const char *s);
 /** 0 or the latched error. */

@@ -610,6 +610,13 @@ size_t img_scan_pages(const uint8_t *src, size_t max, bool *zero)
 	return n;
 }
 
+uint32_t img_lz4_try(const void *src, uint32_t npages, void *scratch)
+{
+	uint32_t raw = npages * IMG_PAGE_SIZE;
+	int n = LZ4_compress_default(src, scratch, (int)raw, (int)img_lz4_bound(npages));
+	return n > 0 && (uint32_t)n <= raw - raw / 16 ? (uint32_t)n : 0;
+}
+
 void img_pack_run(const void *src, uint32_t npages, bool compress, void *scratch,
 		  struct img_run *r, const void **stored)
 {
@@ -618,13 +625,11 @@ void img_pack_run(const void *src, uint32_t npages, bool compress, void *scratch
 	r->kind = IMG_RUN_DATA;
 	r->stored_len = raw;
 	*stored = src;
-	if (compress) {
-		int n = LZ4_compress_default(src, scratch, (int)raw, (int)img_lz4_bound(npages));
-		if (n > 0 && (uint32_t)n <= raw - raw / 16) {
-			r->kind = IMG_RUN_LZ4;
-			r->stored_len = (uint32_t)n;
-			*stored = scratch;
-		}
+	uint32_t n = compress ? img_lz4_try(src, npages, scratch) : 0;
+	if (n) {
+		r->kind = IMG_RUN_LZ4;
+		r->stored_len = n;
+		*stored = scratch;
 	}
 	r->crc = crc32c(0, *stored, r->stored_len);
 }

@@ -170,6 +170,11 @@ bool img_page_is_zero(const void *page);
 size_t img_scan_pages(const uint8_t *src, size_t max, bool *zero);
 
 /**
+ * LZ4-compress @npages pages at @src into @scratch (img_lz4_bound(npages) bytes): the
+ * compressed length when it saves at least 1/16, else 0 (store them raw).
+ */
+uint32_t img_lz4_try(const void *src, uint32_t npages, void *scratch);
+/**
  * Encode @npages non-zero pages at @src as one stored run: LZ4 into @scratch (at least
  * img_lz4_bound(npages) bytes) when @compress and it saves at least 1/16, else raw. Fills
  * @r's kind, npages, stored_len and crc (page and offset are the caller's) and *@stored with

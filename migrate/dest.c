@@ -190,6 +190,7 @@ static int receive_stream(struct mig_receive *rx, const struct mig_hello *h,
 	unsigned int nvcpus = 0, ndevs = 0;
 	bool arch = false;
 	char e[512], name[40];
+	mig_reader_set_ram(&rx->rd, m->host, ram_pages, m->fd);
 	for (;;) {
 		struct mig_record rec;
 		int r = mig_read_record(&rx->rd, &rec, e, sizeof(e));

@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "formats/crc32c.h"
 #include "formats/image.h"
 #include "migrate/conn.h"
 #include "migrate/migrate.h"
@@ -105,7 +106,7 @@ struct mig_ctx {
 	uint64_t *bitmap;
 	uint64_t words, ram_pages;
 	uint8_t *ram;
-	uint8_t *stage, *scratch;
+	uint8_t *scratch;
 	struct enc out;
 	bool lz4;		/* negotiated */
 	unsigned int lz4_skip;	/* runs to send raw before trying LZ4 again */
@@ -254,33 +255,44 @@ static int flush_out(struct mig_ctx *x)
 	return 0;
 }
 
-/* Copy @n pages from @page, split into zero/non-zero runs, pack and queue them. */
+/*
+ * Queue @n pages from @page as zero and non-zero runs. Zero pages are found in guest RAM in
+ * place, and non-zero ones are copied once, straight into the stream buffer (or compressed
+ * from RAM into the scratch buffer), and checksummed there. The guest may write a page while
+ * we read it: the page is then dirty again and goes in a later round (the last one with the
+ * guest paused); what matters now is that each run's CRC is of the bytes that are sent.
+ */
 static void queue_pages(struct mig_ctx *x, uint32_t round, uint64_t page, uint32_t n,
 			struct mig_figures *acc)
 {
-	/* A private copy: the guest may write while we compress and checksum. */
-	memcpy(x->stage, x->ram + page * IMG_PAGE_SIZE, (size_t)n * IMG_PAGE_SIZE);
+	const uint8_t *from = x->ram + page * IMG_PAGE_SIZE;
 	uint32_t off = 0;
 	while (off < n) {
 		bool zero;
-		uint32_t k = (uint32_t)img_scan_pages(x->stage + (size_t)off * IMG_PAGE_SIZE,
-						      n - off, &zero);
-		struct img_run r = { 0 };
-		const void *stored = NULL;
+		const uint8_t *p = from + (size_t)off * IMG_PAGE_SIZE;
+		uint32_t k = (uint32_t)img_scan_pages(p, n - off, &zero);
 		if (zero) {
-			r.kind = IMG_RUN_ZERO;
-			r.npages = k;
+			struct img_run r = { .page = page + off, .npages = k, .kind = IMG_RUN_ZERO };
+			mig_put_run(&x->out, round, &r, NULL);
 			acc->pages_zero += k;
 		} else {
 			bool try = x->lz4 && x->lz4_skip == 0;
 			if (x->lz4_skip)
 				x->lz4_skip--;
-			img_pack_run(x->stage + (size_t)off * IMG_PAGE_SIZE, k, try, x->scratch,
-				     &r, &stored);
-			if (r.kind == IMG_RUN_LZ4) {
+			uint32_t clen = try ? img_lz4_try(p, k, x->scratch) : 0;
+			if (clen) {
+				struct img_run r = {
+					.page = page + off,
+					.npages = k,
+					.kind = IMG_RUN_LZ4,
+					.stored_len = clen,
+					.crc = crc32c(0, x->scratch, clen),
+				};
+				mig_put_run(&x->out, round, &r, x->scratch);
 				acc->pages_lz4 += k;
 				x->lz4_backoff = 0;
 			} else {
+				mig_put_data_run(&x->out, round, page + off, k, p);
 				acc->pages_data += k;
 				if (try && x->p.compress == 2) {
 					/* Incompressible: back off exponentially (max 64 runs). */
@@ -291,8 +303,6 @@ static void queue_pages(struct mig_ctx *x, uint32_t round, uint64_t page, uint32
 				}
 			}
 		}
-		r.page = page + off;
-		mig_put_run(&x->out, round, &r, stored);
 		acc->pages_sent += k;
 		off += k;
 	}
@@ -611,9 +621,8 @@ static int run_migration(struct mig_ctx *x)
 	}
 	x->words = vm_dirty_words(x->dirty);
 	x->bitmap = calloc(x->words, sizeof(uint64_t));
-	x->stage = malloc((size_t)RUN_PAGES * IMG_PAGE_SIZE);
 	x->scratch = malloc(img_lz4_bound(RUN_PAGES));
-	if (!x->bitmap || !x->stage || !x->scratch) {
+	if (!x->bitmap || !x->scratch) {
 		r = -ENOMEM;
 		set_err(x, "out of memory");
 		goto out;
@@ -890,7 +899,6 @@ static void *mig_thread(void *arg)
 	}
 	enc_free(&x->out);
 	free(x->bitmap);
-	free(x->stage);
 	free(x->scratch);
 	free(x);
 	return NULL;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "formats/crc32c.h"
 
@@ -62,6 +63,13 @@ void mig_reader_init(struct mig_reader *rd, mig_read_fn read, void *arg)
 	rd->arg = arg;
 }
 
+void mig_reader_set_ram(struct mig_reader *rd, uint8_t *ram, uint64_t ram_pages, int ram_fd)
+{
+	rd->ram = ram;
+	rd->ram_pages = ram_pages;
+	rd->ram_fd = ram_fd;
+}
+
 void mig_reader_free(struct mig_reader *rd)
 {
 	free(rd->buf);
@@ -111,8 +119,39 @@ int mig_read_record(struct mig_reader *rd, struct mig_record *rec, char *err, si
 		rd->buf = nb;
 		rd->cap = cap;
 	}
-	if ((rec->f.length && (r = rd->read(rd->arg, rd->buf, (size_t)rec->f.length))) ||
-	    (r = rd->read(rd->arg, crcb, sizeof(crcb)))) {
+	/*
+	 * A DATA run, when the reader has RAM, is put in place by the reader once the run
+	 * descriptor says it fits: with a RAM fd (a memfd) through pwrite() from the payload
+	 * buffer, which fills new pages without the kernel zeroing them first (a page fault on
+	 * the mapping would), otherwise received straight into RAM. Both CRCs are checked before
+	 * the caller sees the record; bad bytes may be in RAM by then, but only in a VM that has
+	 * not run and is thrown away with the error.
+	 */
+	bool direct = false;
+	uint8_t *land = NULL;
+	size_t head = external ? IMG_RUN_SIZE : (size_t)rec->f.length;
+	rec->in_ram = false;
+	if (head && (r = rd->read(rd->arg, rd->buf, head)))
+		goto short_read;
+	if (external && rd->ram) {
+		struct dec d;
+		struct img_run run;
+		dec_init(&d, rd->buf, IMG_RUN_SIZE);
+		img_run_decode(&d, &run);
+		if (!dec_error(&d) && run.kind == IMG_RUN_DATA && run.offset == 0 &&
+		    run.page < rd->ram_pages && run.npages <= rd->ram_pages - run.page &&
+		    rec->f.length == IMG_RUN_SIZE + (uint64_t)run.stored_len) {
+			direct = true;
+			if (rd->ram_fd < 0)
+				land = rd->ram + run.page * IMG_PAGE_SIZE;
+			rec->run = run;
+		}
+	}
+	if (rec->f.length > head &&
+	    (r = rd->read(rd->arg, land ? land : rd->buf + head, (size_t)rec->f.length - head)))
+		goto short_read;
+	if ((r = rd->read(rd->arg, crcb, sizeof(crcb)))) {
+	short_read:
 		ERR("record %llu (%s): %s in its payload", (unsigned long long)rd->records, name,
 		    r == -EPIPE ? "connection closed" : strerror(-r));
 		return r;
@@ -137,8 +176,35 @@ int mig_read_record(struct mig_reader *rd, struct mig_record *rec, char *err, si
 		    (unsigned long long)rd->records, name, rec->f.version, maxver);
 		return -ENOTSUP;
 	}
+	if (direct) {
+		const uint8_t *data = land ? land : rd->buf + head;
+		size_t len = rec->run.stored_len;
+		uint32_t dcrc = crc32c(0, data, len);
+		if (dcrc != rec->run.crc) {
+			ERR("record %llu (run): pages %llu+%u: CRC mismatch (stored 0x%08x, computed "
+			    "0x%08x)",
+			    (unsigned long long)rd->records, (unsigned long long)rec->run.page,
+			    rec->run.npages, rec->run.crc, dcrc);
+			return -EBADMSG;
+		}
+		for (size_t done = 0; !land && done < len;) {
+			ssize_t n = pwrite(rd->ram_fd, data + done, len - done,
+					   (off_t)(rec->run.page * IMG_PAGE_SIZE + done));
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				int e = n < 0 ? errno : EIO;
+				ERR("record %llu (run): writing pages %llu+%u to guest RAM: %s",
+				    (unsigned long long)rd->records,
+				    (unsigned long long)rec->run.page, rec->run.npages, strerror(e));
+				return -e;
+			}
+			done += (size_t)n;
+		}
+		rec->in_ram = true;
+	}
 	rec->payload = rd->buf;
-	rec->len = (size_t)rec->f.length;
+	rec->len = direct ? IMG_RUN_SIZE : (size_t)rec->f.length;
 	rd->records++;
 	rd->bytes += IMG_FRAME_SIZE + rec->f.length + IMG_CRC_SIZE;
 	return 0;
@@ -163,9 +229,10 @@ void mig_put_record(struct enc *e, uint32_t id, uint16_t version, uint16_t flags
 	put_crc(e, img_frame_crc(frame, payload, len));
 }
 
-void mig_put_run(struct enc *e, uint32_t round, const struct img_run *r, const void *stored)
+/* The frame and the run descriptor of a run record whose stored bytes follow them. */
+static void run_head(uint8_t frame[IMG_FRAME_SIZE], uint8_t rb[IMG_RUN_SIZE], uint32_t round,
+		     const struct img_run *r)
 {
-	uint8_t frame[IMG_FRAME_SIZE];
 	uint32_t slen = r->kind == IMG_RUN_DATA || r->kind == IMG_RUN_LZ4 ? r->stored_len : 0;
 	struct img_frame f = {
 		.id = IMG_SEC_ID(MIG_REC_RUN, round & 0xffff),
@@ -175,18 +242,48 @@ void mig_put_run(struct enc *e, uint32_t round, const struct img_run *r, const v
 	};
 	img_frame_encode(frame, &f);
 	struct enc re;
-	uint8_t rb[IMG_RUN_SIZE];
 	struct img_run sr = *r;
 	sr.offset = 0; /* a stream has no file offsets; the bytes follow the run */
 	enc_init(&re);
 	img_run_encode(&re, &sr);
 	memcpy(rb, re.buf, IMG_RUN_SIZE);
 	enc_free(&re);
+}
+
+void mig_put_run(struct enc *e, uint32_t round, const struct img_run *r, const void *stored)
+{
+	uint8_t frame[IMG_FRAME_SIZE], rb[IMG_RUN_SIZE];
+	run_head(frame, rb, round, r);
 	enc_bytes(e, frame, sizeof(frame));
 	enc_bytes(e, rb, sizeof(rb));
-	if (slen)
-		enc_bytes(e, stored, slen);
+	if (r->kind == IMG_RUN_DATA || r->kind == IMG_RUN_LZ4)
+		enc_bytes(e, stored, r->stored_len);
 	put_crc(e, img_frame_crc(frame, rb, sizeof(rb)));
+}
+
+void mig_put_data_run(struct enc *e, uint32_t round, uint64_t page, uint32_t npages,
+		      const void *src)
+{
+	size_t raw = (size_t)npages * IMG_PAGE_SIZE;
+	uint8_t *p = enc_append(e, IMG_FRAME_SIZE + IMG_RUN_SIZE + raw + IMG_CRC_SIZE);
+	if (!p)
+		return; /* -ENOMEM latched */
+	uint8_t *data = p + IMG_FRAME_SIZE + IMG_RUN_SIZE;
+	memcpy(data, src, raw);
+	struct img_run r = {
+		.page = page,
+		.npages = npages,
+		.kind = IMG_RUN_DATA,
+		.stored_len = (uint32_t)raw,
+		.crc = crc32c(0, data, raw), /* of the copy, which the guest cannot change */
+	};
+	run_head(p, p + IMG_FRAME_SIZE, round, &r);
+	uint32_t crc = img_frame_crc(p, p + IMG_FRAME_SIZE, IMG_RUN_SIZE);
+	uint8_t *c = data + raw;
+	c[0] = (uint8_t)crc;
+	c[1] = (uint8_t)(crc >> 8);
+	c[2] = (uint8_t)(crc >> 16);
+	c[3] = (uint8_t)(crc >> 24);
 }
 
 int mig_hello_encode(struct enc *e, const struct mig_hello *h)
@@ -327,6 +424,10 @@ int mig_end_decode(const void *p, size_t len, struct mig_end *m, char *err, size
 int mig_run_apply(const struct mig_record *rec, uint8_t *ram, uint64_t ram_pages,
 		  bool ram_zeroed, struct img_run *run, char *err, size_t errlen)
 {
+	if (rec->in_ram) { /* already in place and checked by mig_read_record() */
+		*run = rec->run;
+		return 0;
+	}
 	struct dec d;
 	dec_init(&d, rec->payload, rec->len);
 	img_run_decode(&d, run);

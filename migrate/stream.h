@@ -85,6 +85,8 @@ struct mig_record {
 	struct img_frame f;
 	const uint8_t *payload;
 	size_t len;
+	bool in_ram;	    /* a DATA run already written to the reader's RAM and checked */
+	struct img_run run; /* that run (when in_ram) */
 };
 
 /** Read exactly @len bytes into @buf: 0, or -errno (-EPIPE when the peer closed). */
@@ -96,9 +98,20 @@ struct mig_reader {
 	uint8_t *buf; /* payload buffer, grown up to MIG_MAX_PAYLOAD */
 	size_t cap;
 	uint64_t records, bytes;
+	uint8_t *ram; /* mig_reader_set_ram() */
+	uint64_t ram_pages;
+	int ram_fd;
 };
 
 void mig_reader_init(struct mig_reader *rd, mig_read_fn read, void *arg);
+/**
+ * Have the reader put DATA runs in place in @ram (@ram_pages pages) itself, checked: written
+ * with pwrite() at page * 4 KiB to @ram_fd when it is >= 0 (the memfd @ram maps shared: no
+ * page is zeroed before it is filled), else received straight into @ram. The record then has
+ * in_ram set, its payload is the run descriptor alone, and mig_run_apply() has nothing left
+ * to do. Other runs come back as before.
+ */
+void mig_reader_set_ram(struct mig_reader *rd, uint8_t *ram, uint64_t ram_pages, int ram_fd);
 void mig_reader_free(struct mig_reader *rd);
 
 /**
@@ -120,6 +133,12 @@ void mig_put_record(struct enc *e, uint32_t id, uint16_t version, uint16_t flags
  * img_pack_run() or a ZERO run) and its @stored bytes (DATA/LZ4).
  */
 void mig_put_run(struct enc *e, uint32_t round, const struct img_run *r, const void *stored);
+/**
+ * Append a DATA run of @npages pages copied from @src (guest RAM, which may change under us):
+ * the bytes are copied once, straight into @e, and the run's CRC is taken of that copy.
+ */
+void mig_put_data_run(struct enc *e, uint32_t round, uint64_t page, uint32_t npages,
+		      const void *src);
 
 /** Payload encoders / decoders. Decoders return 0, -EBADMSG or -ENOTSUP with @err set. */
 int mig_hello_encode(struct enc *e, const struct mig_hello *h);

@@ -55,7 +55,7 @@ static const char *const fault_names[] = { "none", "triple", "ud", "pf", "gp" };
 /* Parameters from the command line (README.md). Durations in milliseconds. */
 struct config {
 	uint32_t cpus, hz, hb_every, workload, fault, pio_rep, piobench;
-	uint64_t wss_mib, rate_mibps, verify_ms, run_ms, status_ms, fault_ms;
+	uint64_t wss_mib, rate_mibps, passes, verify_ms, run_ms, status_ms, fault_ms;
 };
 
 struct percpu {
@@ -74,6 +74,7 @@ struct percpu {
 	uint64_t pages_written;
 	uint64_t lo, hi, cur;	/* dirtier: this CPU's page indices [lo, hi), next page */
 	uint32_t gen;		/* current pass over [lo, hi) */
+	uint32_t passes_done;	/* complete passes over [lo, hi) */
 	uint64_t next_tsc;	/* rate control */
 	/* verify results, published by writing v_seq last */
 	volatile uint32_t v_seq;
@@ -574,6 +575,8 @@ static void parse_cmdline(void)
 			cfg.wss_mib = parse_num(v, vn, 0);
 		else if (str_eq(k, "rate", kn))
 			cfg.rate_mibps = parse_num(v, vn, 0);
+		else if (str_eq(k, "passes", kn))
+			cfg.passes = parse_num(v, vn, 0);
 		else if (str_eq(k, "verify", kn))
 			cfg.verify_ms = parse_num(v, vn, 1);
 		else if (str_eq(k, "run", kn))
@@ -1008,7 +1011,7 @@ static void verify_mine(struct percpu *pc, uint32_t seq)
 /* Write this CPU's next page if the rate allows; returns 0 when it had to wait instead. */
 static int dirty_step(struct percpu *pc, uint64_t tsc_per_page)
 {
-	if (pc->lo == pc->hi)
+	if (pc->lo == pc->hi || (cfg.passes && pc->passes_done >= cfg.passes))
 		return 0;
 	if (tsc_per_page) {
 		uint64_t now = rdtsc(), burst = tsc_hz / 100;
@@ -1026,6 +1029,7 @@ static int dirty_step(struct percpu *pc, uint64_t tsc_per_page)
 	if (++pc->cur == pc->hi) {
 		pc->cur = pc->lo;
 		pc->gen++;
+		pc->passes_done++;
 	}
 	return 1;
 }

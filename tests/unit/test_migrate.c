@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/mman.h>
 
 #include <cmocka.h>
 
@@ -201,6 +203,74 @@ static void test_runs(void **state)
 	free(scratch);
 }
 
+/* DATA runs as the source sends them (copied once into the stream) and as the destination
+ * reads them (straight into RAM): the bytes land, a flipped byte is caught by the run's CRC
+ * in mig_read_record(), and a run outside RAM takes the buffered path and is refused. */
+static void test_runs_in_ram(void **state)
+{
+	(void)state;
+	uint8_t *src = calloc(PAGES, IMG_PAGE_SIZE), *ram = calloc(PAGES, IMG_PAGE_SIZE);
+	for (size_t i = 0; i < 6 * IMG_PAGE_SIZE; i++)
+		src[i] = (uint8_t)((i * 2654435761u) >> 9);
+	struct enc e;
+	enc_init(&e);
+	mig_put_data_run(&e, 2, 10, 6, src);
+	mig_put_data_run(&e, 2, PAGES - 1, 2, src); /* one page past the end of RAM */
+	assert_int_equal(enc_error(&e), 0);
+
+	struct src s = { e.buf, e.len, 0, 0 };
+	struct mig_reader rd;
+	struct mig_record rec;
+	struct img_run r;
+	char err[512];
+	mig_reader_init(&rd, buf_read, &s);
+	mig_reader_set_ram(&rd, ram, PAGES, -1);
+	assert_int_equal(mig_read_record(&rd, &rec, err, sizeof(err)), 0);
+	assert_true(rec.in_ram);
+	assert_int_equal(IMG_SEC_INST(rec.f.id), 2);
+	assert_int_equal(mig_run_apply(&rec, ram, PAGES, false, &r, err, sizeof(err)), 0);
+	assert_int_equal(r.page, 10);
+	assert_int_equal(r.npages, 6);
+	assert_memory_equal(ram + 10 * IMG_PAGE_SIZE, src, 6 * IMG_PAGE_SIZE);
+	assert_int_equal(mig_read_record(&rd, &rec, err, sizeof(err)), 0);
+	assert_false(rec.in_ram);
+	assert_int_equal(mig_run_apply(&rec, ram, PAGES, false, &r, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "outside RAM"));
+	mig_reader_free(&rd);
+
+	/* The same into a memfd, as a destination with memfd RAM reads: through pwrite(). */
+	int fd = memfd_create("test_migrate", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)PAGES * IMG_PAGE_SIZE), 0);
+	uint8_t *shared = mmap(NULL, (size_t)PAGES * IMG_PAGE_SIZE, PROT_READ | PROT_WRITE,
+			       MAP_SHARED, fd, 0);
+	assert_true(shared != MAP_FAILED);
+	s = (struct src){ e.buf, e.len, 0, 0 };
+	mig_reader_init(&rd, buf_read, &s);
+	mig_reader_set_ram(&rd, shared, PAGES, fd);
+	assert_int_equal(mig_read_record(&rd, &rec, err, sizeof(err)), 0);
+	assert_true(rec.in_ram);
+	assert_memory_equal(shared + 10 * IMG_PAGE_SIZE, src, 6 * IMG_PAGE_SIZE);
+	assert_int_equal(shared[9 * IMG_PAGE_SIZE], 0);
+	assert_int_equal(shared[16 * IMG_PAGE_SIZE], 0);
+	mig_reader_free(&rd);
+	munmap(shared, (size_t)PAGES * IMG_PAGE_SIZE);
+	close(fd);
+
+	/* A flipped stored byte: refused by the read itself, naming the pages. */
+	memset(ram, 0, (size_t)PAGES * IMG_PAGE_SIZE);
+	e.buf[IMG_FRAME_SIZE + IMG_RUN_SIZE + 4096 + 7] ^= 0x01;
+	s = (struct src){ e.buf, e.len, 0, 0 };
+	mig_reader_init(&rd, buf_read, &s);
+	mig_reader_set_ram(&rd, ram, PAGES, -1);
+	assert_int_equal(mig_read_record(&rd, &rec, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "pages 10+6: CRC mismatch"));
+	mig_reader_free(&rd);
+	enc_free(&e);
+	free(src);
+	free(ram);
+}
+
 static void test_replies(void **state)
 {
 	(void)state;
@@ -231,6 +301,7 @@ int main(void)
 		cmocka_unit_test(test_hello_roundtrip),
 		cmocka_unit_test(test_record_crc_and_bounds),
 		cmocka_unit_test(test_runs),
+		cmocka_unit_test(test_runs_in_ram),
 		cmocka_unit_test(test_replies),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
