@@ -190,18 +190,20 @@ static int kvm_once(int cpus, size_t mem, double *created)
 	vm = ioctl(kvm, KVM_CREATE_VM, 0);
 	if (vm < 0)
 		goto out;
-	if (ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL) || ioctl(vm, KVM_CREATE_IRQCHIP, 0))
+	if (ioctl(vm, KVM_SET_TSS_ADDR, 0xfffbd000UL))
 		goto out;
-	struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
-	if (ioctl(vm, KVM_CREATE_PIT2, &pit))
-		goto out;
+	/* RAM before the irqchip, as vmsnap does: a memslot change after KVM_CREATE_IRQCHIP
+	 * waits for a grace period (4-9 ms on the development machines). */
 	ram = mmap(NULL, mem, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 		   -1, 0);
 	if (ram == MAP_FAILED)
 		goto out;
 	struct kvm_userspace_memory_region slot = {
 	    .slot = 0, .guest_phys_addr = 0, .memory_size = mem, .userspace_addr = (__u64)ram};
-	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &slot))
+	if (ioctl(vm, KVM_SET_USER_MEMORY_REGION, &slot) || ioctl(vm, KVM_CREATE_IRQCHIP, 0))
+		goto out;
+	struct kvm_pit_config pit = {.flags = KVM_PIT_SPEAKER_DUMMY};
+	if (ioctl(vm, KVM_CREATE_PIT2, &pit))
 		goto out;
 	run_size = ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
 	if (run_size <= 0)
