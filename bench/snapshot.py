@@ -499,13 +499,21 @@ def target_512(env):
     def cmd():
         return [env.vmsnap, "restore", img, "--memory-mode", "mmap", "--console", "stdio", "-v"]
     runs = [restore_once(env, "vmsnap", cmd(), img, True, i == 0, f"{tag}-{i}") for i in range(5)]
+    # Warm: the image in the page cache, as when it was just saved or is restored often.
+    warm = [restore_once(env, "vmsnap", cmd(), img, True, False, f"{tag}-warm-{i}", cold=False)
+            for i in range(5)]
     if not env.a.keep:
         os.unlink(img)
     ok = [r["first_hb_ms"] for r in runs if r["first_hb_ms"] is not None]
+    wok = [r["first_hb_ms"] for r in warm if r["first_hb_ms"] is not None]
     bd = [r["vmsnap_breakdown_ms"] for r in runs if r["vmsnap_breakdown_ms"]]
+    wbd = [r["vmsnap_breakdown_ms"] for r in warm if r["vmsnap_breakdown_ms"]]
     out = {"runs_ms": ok, "median_ms": statistics.median(ok) if len(ok) == 5 else None,
+           "warm_runs_ms": wok, "warm_median_ms": statistics.median(wok) if len(wok) == 5 else None,
            "verified": runs[0]["verified"],
-           "breakdown_median_ms": {k: statistics.median(b[k] for b in bd) for k in bd[0]} if bd else None}
+           "breakdown_median_ms": {k: statistics.median(b[k] for b in bd) for k in bd[0]} if bd else None,
+           "warm_breakdown_median_ms":
+               {k: statistics.median(b[k] for b in wbd) for k in wbd[0]} if wbd else None}
     env.raw(tag, out)
     return out
 
@@ -566,6 +574,13 @@ def report(env, bounds, results, t512, md):
           + ("; vmsnap's own account (-v), median: " + ", ".join(
               f"{k} {fmt(v)}" for k, v in t512["breakdown_median_ms"].items()) + " ms"
              if t512.get("breakdown_median_ms") else "") + ".")
+        if t512.get("warm_runs_ms"):
+            p(f"The same, image in the page cache, 5 runs: "
+              + ", ".join(fmt(v) for v in t512["warm_runs_ms"])
+              + f" ms (median {fmt(t512['warm_median_ms'])})"
+              + ("; vmsnap's own account, median: " + ", ".join(
+                  f"{k} {fmt(v)}" for k, v in t512["warm_breakdown_median_ms"].items()) + " ms"
+                 if t512.get("warm_breakdown_median_ms") else "") + ".")
     p("")
     p("Targets (issue 3):")
     for line in targets(env, bounds, results, t512):
@@ -583,8 +598,13 @@ def targets(env, bounds, results, t512):
             x = x.get(k) if isinstance(x, dict) else None
         return x
     # mmap restore under 5 ms for 512 MiB, flat as RAM grows
+    if t512 and t512.get("warm_median_ms") is not None:
+        w = t512["warm_median_ms"]
+        out.append(f"mmap restore < 5 ms for 512 MiB, image in the page cache: "
+                   f"{'MET' if w < 5 else 'NOT MET'} (median {fmt(w)} ms)")
     if t512 and t512["median_ms"] is not None:
-        out.append(f"mmap restore < 5 ms for 512 MiB: {'MET' if t512['median_ms'] < 5 else 'NOT MET'} "
+        out.append(f"mmap restore < 5 ms for 512 MiB, image evicted from the page cache: "
+                   f"{'MET' if t512['median_ms'] < 5 else 'NOT MET'} "
                    f"(median {fmt(t512['median_ms'])} ms)")
     mm = [(mib, get(mib, f, "vmsnap", "restore", "mmap_cold_ms")) for mib in a.sizes for f in a.fracs]
     mm = [(m, v) for m, v in mm if v is not None]
