@@ -73,9 +73,10 @@ int mig_receive(const struct mig_receive_opts *o, struct mig_receive **out,
 struct vm *mig_receive_vm(struct mig_receive *rx);
 
 /**
- * Start the confirmation thread: once vm_run() has started every vCPU it tells the source
- * the guest runs here (the source then ends); if the VM fails to start it tells the source
- * to resume. Returns 0 or -errno.
+ * Arrange the confirmation: vm_run() tells the source the guest runs here from its own
+ * thread the moment every vCPU thread exists (the source then ends); a thread of ours tells
+ * the source to resume if the VM does not start, then waits for the source's ACK. Returns 0
+ * or -errno.
  */
 int mig_receive_confirm(struct mig_receive *rx);
 

@@ -30,6 +30,8 @@
 #define RUN_PAGES 256u		   /* pages copied and packed at a time (1 MiB) */
 #define FLUSH_BYTES (1u << 20)	   /* stream bytes buffered before a write */
 #define MAX_ROUNDS 64		   /* after that, stop and copy whatever is left */
+#define POLISH_ROUNDS 8		   /* extra rounds, within the target, that shrink the pause */
+#define POLISH_FLOOR_US 1000	   /* ... while more than this much is left to copy paused */
 #define MAX_ROUND_LOG 256	   /* pages-per-round entries kept for the report */
 #define THROTTLE_PERIOD_US 20000   /* auto-converge: vCPUs paused for pct% of each period */
 #define THROTTLE_FIRST 30
@@ -76,6 +78,7 @@ struct mig_figures {
 	uint64_t expected_downtime_us;
 	uint64_t setup_us, first_pass_us, first_pass_bytes, first_pass_pages;
 	uint64_t downtime_us, final_pages, state_bytes, dest_load_us, pause_us;
+	uint64_t drain_us; /* waiting for the destination to catch up (guest running) */
 	uint64_t last_sync_us;
 	uint64_t cut_pause_us, cut_sync_us, cut_pages_us, cut_state_us, cut_flush_us;
 	uint32_t nrounds_logged;
@@ -109,6 +112,7 @@ struct mig_ctx {
 	uint8_t *scratch;
 	struct enc out;
 	bool lz4;		/* negotiated */
+	bool drain;		/* the destination answers DRAIN */
 	unsigned int lz4_skip;	/* runs to send raw before trying LZ4 again */
 	unsigned int lz4_backoff;
 	uint64_t t0_ns;
@@ -185,6 +189,7 @@ static void figures_json(const struct mig_figures *f, const struct mig_params *p
 		jw_kv_double(w, "downtime_ms", (double)f->downtime_us / 1e3);
 		jw_kv_double(w, "pause_to_state_sent_ms", (double)f->pause_us / 1e3);
 		jw_kv_double(w, "dest_load_ms", (double)f->dest_load_us / 1e3);
+		jw_kv_double(w, "drain_ms", (double)f->drain_us / 1e3);
 		jw_kv_u64(w, "final_pages", f->final_pages);
 		jw_kv_u64(w, "state_bytes", f->state_bytes);
 		jw_kv_bool(w, "downtime_met", f->downtime_us <= p->downtime_ms * 1000);
@@ -526,6 +531,49 @@ static int handshake(struct mig_ctx *x, struct mig_reader *rd)
 		return -(int)(rep.status ? rep.status : EPROTO);
 	}
 	x->lz4 = (rep.caps & MIG_CAP_LZ4) && x->p.compress;
+	x->drain = rep.caps & MIG_CAP_DRAIN;
+	return 0;
+}
+
+/*
+ * Before the pause: wait until the destination has put in RAM everything sent so far. The
+ * socket buffers hold MiBs, and what is still in them when the guest pauses is copied inside
+ * the downtime (10-20 ms here). The guest runs meanwhile; what it dirties goes in the final
+ * round. Returns 0 or -errno with the error set.
+ */
+static int drain(struct mig_ctx *x, struct mig_reader *rd, uint64_t token)
+{
+	struct enc te;
+	enc_init(&te);
+	enc_u64(&te, token);
+	mig_put_record(&x->out, IMG_SEC_ID(MIG_REC_DRAIN, 0), 1, 0, te.buf, te.len);
+	enc_free(&te);
+	int r = flush_out(x);
+	if (r)
+		return r;
+	char e[512];
+	struct mig_record rec;
+	r = mig_read_record(rd, &rec, e, sizeof(e));
+	if (r) {
+		set_err(x, "waiting for the destination to catch up: %s",
+			 r == -EPIPE || r == -EPROTO || r == -ETIMEDOUT ? mig_conn_error(x->conn) : e);
+		return r;
+	}
+	uint32_t type = IMG_SEC_TYPE(rec.f.id);
+	if (type == MIG_REC_ERROR) {
+		struct mig_reply rep;
+		if (mig_reply_decode(type, rec.payload, rec.len, &rep, e, sizeof(e)))
+			snprintf(rep.msg, sizeof(rep.msg), "(unreadable reason)");
+		set_err(x, "the destination gave up: %s", rep.msg);
+		return -ECANCELED;
+	}
+	struct dec d;
+	dec_init(&d, rec.payload, rec.len);
+	uint64_t got = dec_u64_val(&d);
+	if (type != MIG_REC_DRAINED || dec_error(&d) || got != token) {
+		set_err(x, "the destination answered a drain with a bad record");
+		return -EPROTO;
+	}
 	return 0;
 }
 
@@ -639,7 +687,7 @@ static int run_migration(struct mig_ctx *x)
 	uint64_t deadline_ns = x->p.max_time_s ? x->t0_ns + x->p.max_time_s * 1000000000ull : 0;
 	double bw = 0; /* bytes/s the link has shown */
 	uint64_t prev_remaining = UINT64_MAX, last_sync_ns = now_ns();
-	int not_shrinking = 0, throttle = 0;
+	int not_shrinking = 0, throttle = 0, polish = 0;
 	uint32_t round = 0;
 	char note[256] = "";
 
@@ -667,9 +715,19 @@ static int run_migration(struct mig_ctx *x)
 			src.fig.expected_downtime_us = expected_us;
 			src.fig.last_sync_us = vm_dirty_last_sync_us(x->dirty);
 		});
-		if (round > 0) {
-			if (expected_us <= target_us)
+		if (round > 0 && expected_us <= target_us) {
+			/*
+			 * Within the target. A round that still shrank the remainder by a quarter
+			 * says the link outruns the guest: a few more short rounds make the pause
+			 * smaller than the target allows. Stop when they no longer pay.
+			 */
+			bool shrinking = remaining * 4 < prev_remaining * 3;
+			if (!shrinking || polish >= POLISH_ROUNDS ||
+			    expected_us <= FIXED_DOWNTIME_US + POLISH_FLOOR_US || round >= MAX_ROUNDS ||
+			    (deadline_ns && t_sync >= deadline_ns))
 				break;
+			polish++;
+		} else if (round > 0) {
 			if (deadline_ns && t_sync >= deadline_ns) {
 				snprintf(note, sizeof(note),
 					 "max-time %llu s reached with %llu dirty pages (dirty rate "
@@ -738,6 +796,24 @@ static int run_migration(struct mig_ctx *x)
 		});
 		publish(x, "migrate-progress");
 		round++;
+		/*
+		 * A polishing round ends when the destination has it: otherwise the next sync
+		 * is taken while MiBs of this one are still in the socket buffers, and the rounds
+		 * shrink what was sent rather than what is left to copy.
+		 */
+		if (polish && x->drain) {
+			uint64_t t_drain = now_ns();
+			if ((r = drain(x, &rd, round)))
+				goto out;
+			FIG_SET(src.fig.drain_us += (now_ns() - t_drain) / 1000);
+		}
+	}
+
+	if (x->drain) {
+		uint64_t t_drain = now_ns();
+		if ((r = drain(x, &rd, round)))
+			goto out;
+		FIG_SET(src.fig.drain_us += (now_ns() - t_drain) / 1000);
 	}
 
 	/* Stop and copy. */

@@ -24,6 +24,8 @@ const char *mig_record_name(uint32_t id, char *buf, size_t size)
 	case MIG_REC_CONFIRM: snprintf(buf, size, "confirm"); break;
 	case MIG_REC_ERROR: snprintf(buf, size, "error"); break;
 	case MIG_REC_ACK: snprintf(buf, size, "ack"); break;
+	case MIG_REC_DRAIN: snprintf(buf, size, "drain"); break;
+	case MIG_REC_DRAINED: snprintf(buf, size, "drained"); break;
 	default: img_section_name(id, buf, size); break;
 	}
 	return buf;
@@ -40,7 +42,9 @@ static void type_limits(uint32_t type, uint64_t *max, uint16_t *maxver)
 	case MIG_REC_END:
 	case MIG_REC_CONFIRM:
 	case MIG_REC_ERROR:
-	case MIG_REC_ACK: *max = MIG_MAX_CONTROL; break;
+	case MIG_REC_ACK:
+	case MIG_REC_DRAIN:
+	case MIG_REC_DRAINED: *max = MIG_MAX_CONTROL; break;
 	case MIG_REC_RUN: *max = MIG_MAX_RUN; break;
 	/* State payloads: their loaders (vmm/) check their own versions. */
 	case IMG_SEC_VM:

@@ -38,10 +38,13 @@ enum mig_rec_type {
 	MIG_REC_CONFIRM = 0x0105, /* dst->src: the guest runs here now */
 	MIG_REC_ERROR = 0x0106,	  /* either way: the sender gives up, with the reason */
 	MIG_REC_ACK = 0x0107,	  /* src->dst: confirmation received, the source ends */
+	MIG_REC_DRAIN = 0x0108,	  /* src->dst: u64 token; answer DRAINED once all before is in */
+	MIG_REC_DRAINED = 0x0109, /* dst->src: u64 token of the DRAIN answered */
 };
 
-#define MIG_CAP_LZ4 0x1ull	/* LZ4 page runs */
-#define MIG_CAPS_KNOWN MIG_CAP_LZ4
+#define MIG_CAP_LZ4 0x1ull   /* LZ4 page runs */
+#define MIG_CAP_DRAIN 0x2ull /* the destination answers DRAIN (the source waits before pausing) */
+#define MIG_CAPS_KNOWN (MIG_CAP_LZ4 | MIG_CAP_DRAIN)
 
 /* Bounds a reader enforces before allocating or reading a payload. */
 #define MIG_MAX_CONTROL (128u * 1024)	     /* hello, welcome, end, confirm, error, ... */

@@ -32,7 +32,7 @@ int cmd_ps(int argc, char **argv);
 
 /*
  * The registry `vmsnap ps` reads (registry.c): a VM process adds itself once its vCPUs run
- * (vm_set_on_running, so the guest does not wait for the file) and removes itself when it
+ * (vm_on_running, so the guest does not wait for the file) and removes itself when it
  * ends. @kind is "run", "restore", "receive" or "clone"; @name, @api and @image may be NULL.
  * Failures are silent (the VM runs all the same).
  */

@@ -103,7 +103,8 @@ void cli_registry_add(struct vm *vm, const char *kind, const char *name, const c
 	snprintf(pending.name, sizeof(pending.name), "%s", name ? name : "");
 	abs_path(api, pending.api, sizeof(pending.api));
 	abs_path(image, pending.image, sizeof(pending.image));
-	vm_set_on_running(vm, registry_write, NULL);
+	if (vm_on_running(vm, registry_write, NULL, false))
+		log_debug("registry: no room for the hook; ps will not list this VM");
 }
 
 void cli_registry_remove(void)

@@ -216,7 +216,17 @@ static void *vcpu_thread(void *arg)
 	sigaddset(&set, SIG_VCPU_KICK);
 	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
-	for (;;) {
+	/*
+	 * Wait for vm_run() to open the gate once every vCPU thread exists: a vCPU that ran
+	 * at once would take the core the main thread needs to create the others (with 4 busy
+	 * vCPUs on 2 cores that cost a migration's cutover 10 ms here).
+	 */
+	pthread_mutex_lock(&vm->lock);
+	while (!vm->gate_open)
+		pthread_cond_wait(&vm->cond, &vm->lock);
+	pthread_mutex_unlock(&vm->lock);
+
+	while (!atomic_load(&vm->stopping)) { /* a stop before the gate opened: never run */
 		int r = ioctl(vc->fd, KVM_RUN, 0);
 		if (r < 0) {
 			if (errno == EINTR || errno == EAGAIN) {
@@ -385,10 +395,22 @@ static void console_input(struct vm *vm, const uint8_t *buf, size_t n)
 	}
 }
 
-void vm_set_on_running(struct vm *vm, void (*fn)(void *), void *arg)
+int vm_on_running(struct vm *vm, void (*fn)(void *), void *arg, bool first)
 {
-	vm->on_running = fn;
-	vm->on_running_arg = arg;
+	if (vm->non_running >= VM_ON_RUNNING_MAX)
+		return -ENOSPC;
+	vm->on_running[vm->non_running].fn = fn;
+	vm->on_running[vm->non_running].arg = arg;
+	vm->on_running[vm->non_running].first = first;
+	vm->non_running++;
+	return 0;
+}
+
+static void run_hooks(struct vm *vm, bool first)
+{
+	for (unsigned int i = 0; i < vm->non_running && !atomic_load(&vm->stopping); i++)
+		if (vm->on_running[i].first == first)
+			vm->on_running[i].fn(vm->on_running[i].arg);
 }
 
 enum vm_exit_kind vm_run(struct vm *vm, const char **reason)
@@ -438,8 +460,12 @@ enum vm_exit_kind vm_run(struct vm *vm, const char **reason)
 		pthread_mutex_unlock(&vm->lock);
 	}
 
-	if (vm->on_running && !atomic_load(&vm->stopping))
-		vm->on_running(vm->on_running_arg);
+	run_hooks(vm, true);
+	pthread_mutex_lock(&vm->lock);
+	vm->gate_open = true;
+	pthread_cond_broadcast(&vm->cond);
+	pthread_mutex_unlock(&vm->lock);
+	run_hooks(vm, false);
 
 	bool input_open = vm->console_in >= 0;
 	if (input_open)

@@ -121,10 +121,14 @@ int vm_create(const struct vm_config *cfg, struct vm **out);
 enum vm_exit_kind vm_run(struct vm *vm, const char **reason);
 
 /**
- * Have vm_run() call @fn(@arg) once, on its own thread, right after the vCPU threads start:
- * bookkeeping that need not delay the guest (the `vmsnap ps` registry) goes there.
+ * Have vm_run() call @fn(@arg) once, on its own thread, when the vCPU threads all exist
+ * (in the order added, at most VM_ON_RUNNING_MAX; returns -ENOSPC beyond). With @first, just
+ * before they are let run (nothing can stop them any more, and no vCPU competes for a core
+ * yet: a migration's confirmation); otherwise just after (bookkeeping that need not delay the
+ * guest: the `vmsnap ps` registry). Not called when the VM ends before it runs.
  */
-void vm_set_on_running(struct vm *vm, void (*fn)(void *), void *arg);
+#define VM_ON_RUNNING_MAX 4
+int vm_on_running(struct vm *vm, void (*fn)(void *), void *arg, bool first);
 
 /**
  * Stop every vCPU outside KVM_RUN with its state consistent (pending I/O completed) and keep

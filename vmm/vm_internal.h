@@ -97,8 +97,13 @@ struct vm {
 	int stop_signal;
 	int stop_efd;		/* eventfd: written once when the VM must end */
 	uint64_t start_ns;
-	void (*on_running)(void *); /* vm_set_on_running() */
-	void *on_running_arg;
+	bool gate_open;		    /* vm_run(): every vCPU thread exists, they may run (lock) */
+	struct {
+		void (*fn)(void *);
+		void *arg;
+		bool first;
+	} on_running[VM_ON_RUNNING_MAX]; /* vm_on_running() */
+	unsigned int non_running;
 	uint64_t paused_at_ns;
 	uint64_t paused_total_ns;
 	uint64_t last_pause_us;
