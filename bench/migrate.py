@@ -284,7 +284,8 @@ def migrate_vmsnap(env, run):
     if os.path.exists(portf):
         os.unlink(portf)
     run.dst = run.spawn([env.vmsnap, "receive", "--listen", "127.0.0.1:0", "--port-file", portf,
-                         "--api", run.dst_sock, "--console", "stdio", "--timeout", "120"])
+                         "--api", run.dst_sock, "--console", "stdio", "--timeout", "120"]
+                        + env.a.receive_args.split())
     deadline = time.monotonic() + 20
     while not (os.path.exists(portf) and os.path.getsize(portf) > 0):
         if time.monotonic() > deadline or run.dst.poll() is not None:
@@ -298,6 +299,7 @@ def migrate_vmsnap(env, run):
                         "--downtime-ms", str(env.a.downtime_ms), "--max-time",
                         str(env.a.max_time), "--json", "-q"], capture_output=True, text=True)
     wall = (time.monotonic() - t0) * 1e3
+    returned_unix = time.time()
     try:
         d = json.loads(p.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -311,7 +313,7 @@ def migrate_vmsnap(env, run):
             "first_pass_wire_mbps": d.get("first_pass_bytes", 0) / fp_ms / 1e3 if fp_ms else 0,
             "first_pass_ram_mbps": d.get("first_pass_mbps", 0),
             "throttle_pct": d.get("throttle_pct", 0), "note": d.get("downtime_note", ""),
-            "forced": "max-time" in d.get("downtime_note", "")}
+            "forced": "max-time" in d.get("downtime_note", ""), "returned_unix": returned_unix}
 
 
 def migrate_qemu(env, run):
@@ -410,6 +412,10 @@ def run_case(env, vmm, mib, rate):
         r = (migrate_vmsnap if vmm == "vmsnap" else migrate_qemu)(env, run)
         hb = run.window_end()
         r["pause_ms"] = hb["max_gap_ms"]
+        if r.get("returned_unix") and hb.get("max_gap_start_unix"):
+            # Where the largest gap began, relative to `vmsnap migrate` returning (which is
+            # just after the destination confirmed): tells a cutover gap from one before it.
+            r["gap_start_vs_return_ms"] = (hb["max_gap_start_unix"] - r["returned_unix"]) * 1e3
         r["alive"] = hb["alive"]
         r["dirty_seen_mibps"] = seen
         if dirty:
@@ -538,6 +544,8 @@ def main():
                     help="dirty rates as fractions of the loopback bound, or MiB/s numbers")
     ap.add_argument("--no-filled", dest="filled", action="store_false",
                     help="leave out the filled workload (7/8 of RAM written once, then idle)")
+    ap.add_argument("--receive-args", default="",
+                    help="extra arguments for vmsnap receive, e.g. '--mem-backend anon'")
     ap.add_argument("--downtime-ms", type=int, default=50)
     ap.add_argument("--max-time", type=int, default=30)
     ap.add_argument("--cpus", type=int, default=4)
