@@ -357,6 +357,7 @@ def migrate_qemu(env, run):
             raise RuntimeError("QEMU migration did not end")
         time.sleep(0.02)
     wall = (time.monotonic() - t0) * 1e3
+    returned_unix = time.time()  # completion seen by the 20 ms poll
     if st != "completed":
         raise RuntimeError(f"QEMU migration {st}: {info.get('error-desc', '')}")
     env.raw(f"{run.tag} qemu-query-migrate", info)
@@ -371,7 +372,8 @@ def migrate_qemu(env, run):
             "rounds": ram.get("dirty-sync-count", 0), "first_pass_ms": fp_ms,
             "first_pass_wire_mbps": fp_bytes / fp_ms / 1e3 if fp_ms else 0,
             "first_pass_ram_mbps": 0, "throttle_pct": throttle, "forced": forced,
-            "note": "downtime-limit raised after max-time" if forced else ""}
+            "note": "downtime-limit raised after max-time" if forced else "",
+            "returned_unix": returned_unix}
 
 
 def aggregate(reps):
@@ -448,14 +450,14 @@ def report(env, bound, rows):
     out.append("")
     out.append("| guest | workload (dirty rate asked / seen MiB/s) | VMM | total ms | downtime ms "
                "(reported) | guest pause ms | MiB sent | rounds | first pass ms / wire MB/s "
-               "| throttle % | verify |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+               "| throttle % | verify | largest gap began, ms from `migrate` returning |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (mib, rate, vmm), r in rows:
         wl = "idle" if rate is None else "filled 7/8, idle" if rate == FILL else \
             f"dirty {rate} / {r.get('dirty_seen_mibps', 0):.0f}" if "error" not in r \
             else f"dirty {rate}"
         if "error" in r:
-            out.append(f"| {size_name(mib)} | {wl} | {vmm} | error: {r['error']} |||||||| |")
+            out.append(f"| {size_name(mib)} | {wl} | {vmm} | error: {r['error']} ||||||||| |")
             continue
         failed = f" ({r['failed_runs']} runs failed)" if r.get("failed_runs") else ""
         out.append(
@@ -465,7 +467,8 @@ def report(env, bound, rows):
             f"{fmt(r['pause_ms'], 1)} ({fmt(r['pause_min'], 1)}-{fmt(r['pause_max'], 1)}) | "
             f"{r['bytes'] / MIB:.1f} | {fmt(r['rounds'], 1 if r['rounds'] % 1 else 0)} | "
             f"{fmt(r['first_pass_ms'])} / {fmt(r['first_pass_wire_mbps'])} | "
-            f"{fmt(r['throttle_pct'])} | {'ok' if r['verified'] else 'FAIL'}{failed} |")
+            f"{fmt(r['throttle_pct'])} | {'ok' if r['verified'] else 'FAIL'}{failed} | "
+            f"{fmt(r.get('gap_start_vs_return_ms'))} |")
     return "\n".join(out)
 
 

@@ -811,8 +811,11 @@ int snap_save(struct vm *vm, const struct snap_save_opts *o, struct snap_save_re
 		if (r)
 			goto fail;
 	}
+	uint64_t t_finish = snap_now_us();
 	r = img_writer_finish(w, &ws);
 	img_writer_free(w);
+	uint64_t t_fsync = snap_now_us();
+	res->finish_us = t_fsync - t_finish;
 	if (r) {
 		write_error(err, errlen, tmp, r);
 		goto fail_unlink;
@@ -843,6 +846,7 @@ int snap_save(struct vm *vm, const struct snap_save_opts *o, struct snap_save_re
 		log_warn("save: fsync of the directory of %s: %s", o->path, strerror(-r));
 		r = 0;
 	}
+	res->fsync_us = snap_now_us() - t_fsync;
 	if (o->stop) {
 		t_resumed = snap_now_us();
 		vm_request_stop(vm, VM_EXIT_POWEROFF,
@@ -1032,6 +1036,8 @@ static int cmd_save(void *opaque, const struct json_value *req, struct jw *reply
 	jw_kv_str(reply, "state", o.stop ? "stopping" : res.was_paused ? "paused" : "running");
 	jw_kv_double(reply, "pause_ms", res.pause_us / 1000.0);
 	jw_kv_double(reply, "total_ms", res.total_us / 1000.0);
+	jw_kv_double(reply, "finish_ms", res.finish_us / 1000.0);
+	jw_kv_double(reply, "fsync_ms", res.fsync_us / 1000.0);
 	jw_kv_u64(reply, "file_size", res.file_size);
 	jw_kv_u64(reply, "bytes_written", res.bytes_written);
 	jw_kv_u64(reply, "pages_total", res.pages_total);

@@ -96,6 +96,8 @@ struct snap_save_opts {
 struct snap_save_result {
 	uint64_t pause_us;	/* how long the guest did not run because of this save */
 	uint64_t total_us;	/* from the request to a durable, renamed image */
+	uint64_t finish_us;	/* of that: index, end record and SHA-256 (after the resume) */
+	uint64_t fsync_us;	/* of that: fsync of the file, rename, fsync of the directory */
 	bool was_paused;	/* the VM was paused before the save (and stays paused) */
 	uint64_t file_size;	/* apparent size */
 	uint64_t bytes_written; /* bytes written (holes excluded) */
