@@ -34,6 +34,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import wait_quiet  # noqa: E402
 import time
 
 MIB = 1 << 20
@@ -498,18 +501,24 @@ def target_512(env):
 
     def cmd():
         return [env.vmsnap, "restore", img, "--memory-mode", "mmap", "--console", "stdio", "-v"]
-    runs = [restore_once(env, "vmsnap", cmd(), img, True, i == 0, f"{tag}-{i}") for i in range(5)]
+    # Each run on a quiet machine (the 4 GiB guests before may still be being torn down).
+    runs, warm, n = [], [], env.a.target_runs
+    for i in range(n):
+        wait_quiet(env.a)
+        runs.append(restore_once(env, "vmsnap", cmd(), img, True, i == 0, f"{tag}-{i}"))
     # Warm: the image in the page cache, as when it was just saved or is restored often.
-    warm = [restore_once(env, "vmsnap", cmd(), img, True, False, f"{tag}-warm-{i}", cold=False)
-            for i in range(5)]
+    for i in range(n):
+        wait_quiet(env.a)
+        warm.append(restore_once(env, "vmsnap", cmd(), img, True, False, f"{tag}-warm-{i}",
+                                 cold=False))
     if not env.a.keep:
         os.unlink(img)
     ok = [r["first_hb_ms"] for r in runs if r["first_hb_ms"] is not None]
     wok = [r["first_hb_ms"] for r in warm if r["first_hb_ms"] is not None]
     bd = [r["vmsnap_breakdown_ms"] for r in runs if r["vmsnap_breakdown_ms"]]
     wbd = [r["vmsnap_breakdown_ms"] for r in warm if r["vmsnap_breakdown_ms"]]
-    out = {"runs_ms": ok, "median_ms": statistics.median(ok) if len(ok) == 5 else None,
-           "warm_runs_ms": wok, "warm_median_ms": statistics.median(wok) if len(wok) == 5 else None,
+    out = {"runs_ms": ok, "median_ms": statistics.median(ok) if len(ok) == n else None,
+           "warm_runs_ms": wok, "warm_median_ms": statistics.median(wok) if len(wok) == n else None,
            "verified": runs[0]["verified"],
            "breakdown_median_ms": {k: statistics.median(b[k] for b in bd) for k in bd[0]} if bd else None,
            "warm_breakdown_median_ms":
@@ -569,13 +578,13 @@ def report(env, bounds, results, t512, md):
       f"cache ({'drop_caches' if a.drop_caches else 'POSIX_FADV_DONTNEED on the image'}); "
       f"mmap cold = median of {a.mmap_runs}.")
     if t512:
-        p(f"512 MiB guest (25 % touched), vmsnap mmap restore cold, 5 runs: "
+        p(f"512 MiB guest (25 % touched), vmsnap mmap restore cold, {len(t512['runs_ms'])} runs: "
           + ", ".join(fmt(v) for v in t512["runs_ms"]) + f" ms (median {fmt(t512['median_ms'])})"
           + ("; vmsnap's own account (-v), median: " + ", ".join(
               f"{k} {fmt(v)}" for k, v in t512["breakdown_median_ms"].items()) + " ms"
              if t512.get("breakdown_median_ms") else "") + ".")
         if t512.get("warm_runs_ms"):
-            p(f"The same, image in the page cache, 5 runs: "
+            p(f"The same, image in the page cache, {len(t512['warm_runs_ms'])} runs: "
               + ", ".join(fmt(v) for v in t512["warm_runs_ms"])
               + f" ms (median {fmt(t512['warm_median_ms'])})"
               + ("; vmsnap's own account, median: " + ", ".join(
@@ -669,6 +678,12 @@ def main():
                     help="vmsnap,qemu (default both)")
     ap.add_argument("--mmap-runs", type=int, default=3, help="cold mmap restores per image")
     ap.add_argument("--no-target", action="store_true", help="skip the 512 MiB restore target")
+    ap.add_argument("--target-runs", type=int, default=7,
+                    help="restores of the 512 MiB target, cold and warm each (default 7)")
+    ap.add_argument("--quiet-idle", type=float, default=1.8,
+                    help="before each 512 MiB target restore, wait for this many idle cores")
+    ap.add_argument("--quiet-wait", type=float, default=8,
+                    help="... for at most this many seconds")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold cache by dropping all caches (default: evict only the image)")
     ap.add_argument("--qemu-bandwidth", type=int, default=64 << 30,

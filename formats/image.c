@@ -696,6 +696,7 @@ struct img_writer {
 	uint64_t progress_next; /* page at which to report next */
 	struct w_io *io;	/* writes of guest memory, off the hashing thread */
 	bool defer_hash;	/* hash from the file at finish (img_writer_defer_hash) */
+	struct w_hasher *hb;	/* hash behind the writes (img_writer_hash_behind) */
 	const uint64_t *nonzero_hint; /* img_write_opts.nonzero_hint during img_write_memory */
 	struct w_range { uint64_t off, len; } *hr; /* deferred: byte ranges to hash, in order */
 	size_t nhr, hr_cap;
@@ -841,11 +842,189 @@ static int w_flush(struct img_writer *w)
 	return w->err;
 }
 
-/* Hash @n bytes that land at file offset @off (or note the range, when deferred). */
-static void w_hash(struct img_writer *w, uint64_t off, const void *p, size_t n)
+/*
+ * Hashing behind the writes (img_writer_hash_behind): a thread of its own takes the bytes in
+ * file order as they are noted. Guest memory it reads in place while the caller keeps it
+ * still (the VM is paused), and from the file once img_writer_release_memory() says it may
+ * change (every byte of it is written by then); anything else is copied when noted. So most
+ * of the SHA-256 is done during the pause on the core the writes leave free, and the rest
+ * after the guest resumes, instead of all of it after.
+ */
+#define HB_STEP (1u << 20) /* bytes hashed between looks at the memory flag */
+
+struct w_hrange {
+	uint64_t off, len;
+	const uint8_t *src; /* guest memory, valid while the caller holds it still */
+	uint8_t *copy;	    /* or the bytes, copied */
+};
+
+struct w_hasher {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct w_hrange *r;
+	size_t n, cap, next;
+	bool stable;  /* src pointers may be read (until img_writer_release_memory) */
+	bool in_src;  /* the thread is reading a src pointer now */
+	bool done;    /* no more ranges: finish and exit */
+	int fd, err;
+	EVP_MD_CTX *sha;
+	uint8_t *buf; /* read-back buffer */
+};
+
+static void *hb_thread(void *arg)
+{
+	struct w_hasher *hb = arg;
+	pthread_mutex_lock(&hb->lock);
+	for (;;) {
+		while (hb->next == hb->n && !hb->done)
+			pthread_cond_wait(&hb->cond, &hb->lock);
+		if (hb->next == hb->n || hb->err)
+			break;
+		struct w_hrange rg = hb->r[hb->next];
+		for (uint64_t pos = 0; pos < rg.len && !hb->err;) {
+			size_t k = rg.len - pos < HB_STEP ? (size_t)(rg.len - pos) : HB_STEP;
+			const uint8_t *p = NULL;
+			if (rg.copy)
+				p = rg.copy + pos;
+			else if (hb->stable)
+				p = rg.src + pos;
+			hb->in_src = p && !rg.copy;
+			pthread_mutex_unlock(&hb->lock);
+			int err = 0;
+			if (!p) {
+				ssize_t got = pread(hb->fd, hb->buf, k, (off_t)(rg.off + pos));
+				if (got != (ssize_t)k)
+					err = img_fail(got < 0 ? -errno : -EIO,
+						       "image: reading back file offset %llu to hash it: "
+						       "%s",
+						       (ull)(rg.off + pos),
+						       got < 0 ? strerror(errno) : "short read");
+				p = hb->buf;
+			}
+			if (!err && EVP_DigestUpdate(hb->sha, p, k) != 1)
+				err = img_fail(-EIO, "sha-256 update failed");
+			pthread_mutex_lock(&hb->lock);
+			hb->in_src = false;
+			if (err && !hb->err)
+				hb->err = err;
+			pthread_cond_broadcast(&hb->cond);
+			pos += k;
+		}
+		free(hb->r[hb->next].copy);
+		hb->r[hb->next].copy = NULL;
+		hb->next++;
+	}
+	pthread_mutex_unlock(&hb->lock);
+	return NULL;
+}
+
+void img_writer_hash_behind(struct img_writer *w)
+{
+	struct w_hasher *hb = calloc(1, sizeof(*hb));
+	if (hb)
+		hb->buf = malloc(HB_STEP);
+	if (!hb || !hb->buf) {
+		if (hb)
+			free(hb);
+		img_writer_defer_hash(w); /* the same image, hashed at finish */
+		return;
+	}
+	hb->fd = w->fd;
+	hb->sha = w->sha;
+	hb->stable = true;
+	pthread_mutex_init(&hb->lock, NULL);
+	pthread_cond_init(&hb->cond, NULL);
+	if (pthread_create(&hb->thread, NULL, hb_thread, hb)) {
+		pthread_mutex_destroy(&hb->lock);
+		pthread_cond_destroy(&hb->cond);
+		free(hb->buf);
+		free(hb);
+		img_writer_defer_hash(w);
+		return;
+	}
+	w->hb = hb;
+}
+
+void img_writer_release_memory(struct img_writer *w)
+{
+	struct w_hasher *hb = w->hb;
+	if (!hb)
+		return;
+	pthread_mutex_lock(&hb->lock);
+	hb->stable = false;
+	while (hb->in_src) /* at most one HB_STEP (about 1 ms) */
+		pthread_cond_wait(&hb->cond, &hb->lock);
+	pthread_mutex_unlock(&hb->lock);
+}
+
+/* Note a range for the hasher: guest memory (@stable) by pointer, anything else copied. */
+static void hb_note(struct img_writer *w, uint64_t off, const void *p, size_t n, bool stable)
+{
+	struct w_hasher *hb = w->hb;
+	uint8_t *copy = NULL;
+	if (!stable) {
+		copy = malloc(n);
+		if (!copy) {
+			w->err = -ENOMEM;
+			return;
+		}
+		memcpy(copy, p, n);
+	}
+	pthread_mutex_lock(&hb->lock);
+	if (hb->n == hb->cap) {
+		size_t cap = hb->cap ? hb->cap * 2 : 256;
+		void *nr = realloc(hb->r, cap * sizeof(*hb->r));
+		if (!nr) {
+			pthread_mutex_unlock(&hb->lock);
+			free(copy);
+			w->err = -ENOMEM;
+			return;
+		}
+		hb->r = nr;
+		hb->cap = cap;
+	}
+	hb->r[hb->n++] = (struct w_hrange){ off, n, stable ? p : NULL, copy };
+	pthread_cond_broadcast(&hb->cond);
+	pthread_mutex_unlock(&hb->lock);
+}
+
+/* Wait for the hasher to take everything noted, stop it; its error or 0. */
+static int hb_stop(struct img_writer *w)
+{
+	struct w_hasher *hb = w->hb;
+	if (!hb)
+		return 0;
+	pthread_mutex_lock(&hb->lock);
+	hb->done = true;
+	pthread_cond_broadcast(&hb->cond);
+	pthread_mutex_unlock(&hb->lock);
+	pthread_join(hb->thread, NULL);
+	int err = hb->err;
+	for (size_t i = hb->next; i < hb->n; i++)
+		free(hb->r[i].copy);
+	free(hb->r);
+	free(hb->buf);
+	pthread_mutex_destroy(&hb->lock);
+	pthread_cond_destroy(&hb->cond);
+	free(hb);
+	w->hb = NULL;
+	return err;
+}
+
+/*
+ * Hash @n bytes that land at file offset @off (or note the range, when deferred or hashed
+ * behind). @stable: @p is the caller's memory that stays as it is until
+ * img_writer_release_memory() (guest RAM of a paused VM); else it may change on return.
+ */
+static void w_hash_src(struct img_writer *w, uint64_t off, const void *p, size_t n, bool stable)
 {
 	if (w->err || !n)
 		return;
+	if (w->hb) {
+		hb_note(w, off, p, n, stable);
+		return;
+	}
 	if (!w->defer_hash) {
 		if (EVP_DigestUpdate(w->sha, p, n) != 1)
 			w->err = img_fail(-EIO, "sha-256 update failed");
@@ -866,6 +1045,11 @@ static void w_hash(struct img_writer *w, uint64_t off, const void *p, size_t n)
 		w->hr_cap = cap;
 	}
 	w->hr[w->nhr++] = (struct w_range){ off, n };
+}
+
+static void w_hash(struct img_writer *w, uint64_t off, const void *p, size_t n)
+{
+	w_hash_src(w, off, p, n, false);
 }
 
 /* Deferred hashing: read the noted ranges back (from the page cache) and hash them. */
@@ -1001,6 +1185,7 @@ void img_writer_free(struct img_writer *w)
 {
 	if (!w)
 		return;
+	hb_stop(w); /* before the digest it updates is freed */
 	EVP_MD_CTX_free(w->sha);
 	free(w->buf);
 	free(w->idx);
@@ -1123,7 +1308,7 @@ struct pending {
 static int pending_flush(struct img_writer *w, struct pending *pw)
 {
 	if (pw->len && !w->err) {
-		w_hash(w, pw->off, pw->src, pw->len);
+		w_hash_src(w, pw->off, pw->src, pw->len, true);
 		if (!w->err)
 			w->err = w_io_submit(w, pw->src, pw->len, pw->off);
 		w->st.bytes_written += pw->len;
@@ -1598,6 +1783,12 @@ int img_writer_finish(struct img_writer *w, struct img_write_stats *st)
 		return w->err;
 	if (w->defer_hash && (w_flush(w) || w_hash_deferred(w)))
 		return w->err;
+	if (w->hb) {
+		img_writer_release_memory(w); /* in case the caller did not */
+		int herr = hb_stop(w);
+		if (herr)
+			return w->err = herr;
+	}
 	if (EVP_DigestFinal_ex(w->sha, w->st.sha256, &mdlen) != 1 || mdlen != 32)
 		return w->err = img_fail(-EIO, "sha-256 final failed");
 	put64(end, index_off);

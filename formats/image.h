@@ -268,6 +268,21 @@ int img_write_memory_end(struct img_writer *w, const uint64_t *present,
  */
 void img_writer_defer_hash(struct img_writer *w);
 
+/**
+ * Hash behind the writes, on a thread of the writer's own (instead of either way above): it
+ * takes the image's bytes in file order as they are written, reading the guest memory given
+ * to img_write_memory() in place, so most of the SHA-256 is done while the caller keeps that
+ * memory still. The caller must call img_writer_release_memory() before the memory changes
+ * (before the guest resumes); the rest is then read back from the file, and
+ * img_writer_finish() waits for it. Only for uncompressed, non-live writes (the compressed
+ * path would copy every run); call right after img_writer_open(). Falls back to
+ * img_writer_defer_hash() when no thread can be started.
+ */
+void img_writer_hash_behind(struct img_writer *w);
+
+/** The memory given to img_write_memory() may change from now on (blocks about 1 ms). */
+void img_writer_release_memory(struct img_writer *w);
+
 /** Write the index and end record. Does not fsync. Fills @st if non-NULL. */
 int img_writer_finish(struct img_writer *w, struct img_write_stats *st);
 /** Free the writer (finished or not). NULL is fine. */

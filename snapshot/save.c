@@ -227,7 +227,8 @@ struct parent_ref {
  * NULL (a live save: the state is captured at the end). Returns the writer in *@wp.
  */
 static int write_head(int fd, const char *tmp, struct vm *vm, const struct saved_state *s,
-		      const struct parent_ref *pr, struct img_writer **wp, char *err, size_t errlen)
+		      const struct parent_ref *pr, bool behind, struct img_writer **wp, char *err,
+		      size_t errlen)
 {
 	struct img_header h;
 	struct img_writer *w = NULL;
@@ -239,7 +240,10 @@ static int write_head(int fd, const char *tmp, struct vm *vm, const struct saved
 		write_error(err, errlen, tmp, r);
 		return r;
 	}
-	img_writer_defer_hash(w);
+	if (behind)
+		img_writer_hash_behind(w);
+	else
+		img_writer_defer_hash(w);
 	if (pr->set)
 		r = img_write_parent(w, pr->sha256, pr->ref);
 	if (r) {
@@ -254,8 +258,10 @@ static int write_head(int fd, const char *tmp, struct vm *vm, const struct saved
 /*
  * Write everything that needs the VM paused: header, state sections, memory (only the
  * pages set in @dirty for an incremental image). On success *@wp is the writer, for
- * img_writer_finish() once the guest runs again (the image is hashed from the file then,
- * see img_writer_defer_hash).
+ * img_writer_finish() once the guest runs again: the caller calls img_writer_release_memory()
+ * before it resumes the guest (the SHA-256 is taken behind the writes, mostly from the paused
+ * guest's memory, the rest from the file; compressed images are hashed from the file at
+ * finish, see img_writer_defer_hash).
  */
 static int write_image(int fd, const char *tmp, struct vm *vm, const struct saved_state *s,
 		       const struct snap_save_opts *o, const struct parent_ref *pr,
@@ -263,7 +269,8 @@ static int write_image(int fd, const char *tmp, struct vm *vm, const struct save
 {
 	struct img_writer *w = NULL;
 	const struct gmem *mem = vm_memory(vm);
-	int r = write_head(fd, tmp, vm, s, pr, &w, err, errlen);
+	/* Uncompressed: hashed behind the writes, mostly while the guest is still paused. */
+	int r = write_head(fd, tmp, vm, s, pr, !o->compress, &w, err, errlen);
 	if (r)
 		return r;
 	r = write_state(w, vm, s);
@@ -655,7 +662,7 @@ static int save_live(struct vm *vm, int fd, const char *tmp, const struct snap_s
 		snprintf(err, errlen, "out of memory");
 		return -ENOMEM;
 	}
-	r = write_head(fd, tmp, vm, NULL, pr, &x.w, err, errlen);
+	r = write_head(fd, tmp, vm, NULL, pr, false, &x.w, err, errlen);
 	if (!r && (r = img_write_memory_begin(x.w)))
 		write_error(err, errlen, tmp, r);
 	if (!r)
@@ -804,6 +811,8 @@ int snap_save(struct vm *vm, const struct snap_save_opts *o, struct snap_save_re
 		 * they reach the disk. With --stop it stays paused until the image is durable.
 		 */
 		if (!o->stop || r) {
+			if (!r)
+				img_writer_release_memory(w); /* the rest is hashed from the file */
 			if (!res->was_paused)
 				vm_resume(vm);
 			t_resumed = snap_now_us();
