@@ -10,7 +10,6 @@
 #include <getopt.h>
 #include <limits.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -111,19 +110,17 @@ struct ready_arg {
 	int fd;
 };
 
-/* In the child: tell the parent once every vCPU runs (or never, if the VM ends first). */
-static void *ready_thread(void *p)
+/* In the child, from vm_run() once every vCPU thread exists: tell the parent it runs. */
+static void tell_ready(void *p)
 {
 	struct ready_arg *a = p;
-	while (!vm_vcpus_started(a->vm))
-		usleep(200);
 	char msg[256], gen[33];
 	vm_generation_hex(a->vm, gen);
 	int n = snprintf(msg, sizeof(msg), "R genid=%s", gen);
 	ssize_t w = write(a->fd, msg, (size_t)n);
 	(void)w;
 	close(a->fd);
-	return NULL;
+	a->fd = -1;
 }
 
 /* The child: become clone @c and run it; never returns. */
@@ -163,17 +160,17 @@ static void run_child(const char *image, struct clone *c, unsigned int ndisks,
 		_exit(EXIT_FAIL);
 	}
 	log_info("%s: restored from %s in %.2f ms", c->name, image, st.total_us / 1000.0);
-	cli_registry_add(vm, "clone", c->name, c->api, image);
+	/* A VM that ends before it runs never writes: the parent sees the pipe close. */
 	struct ready_arg ra = { vm, wfd };
-	pthread_t t;
-	bool thr = pthread_create(&t, NULL, ready_thread, &ra) == 0;
+	if (vm_on_running(vm, tell_ready, &ra, false)) {
+		snap_restore_free(sr);
+		_exit(EXIT_FAIL);
+	}
+	cli_registry_add(vm, "clone", c->name, c->api, image);
 	int status = cli_run_vm(vm);
 	cli_registry_remove();
-	if (thr) {
-		/* A VM that ended before its vCPUs all started: the thread would wait forever. */
-		pthread_cancel(t);
-		pthread_join(t, NULL);
-	}
+	if (ra.fd >= 0)
+		close(ra.fd);
 	mig_api_shutdown(vm);
 	snap_restore_free(sr);
 	_exit(status);
